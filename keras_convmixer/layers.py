@@ -1,0 +1,195 @@
+"""ConvMixer's two layers, written with `keras.layers` and `keras.ops` only.
+
+The numerics follow the PyTorch reference (timm's `convmixer.py`, locuslab/convmixer) so that
+converted checkpoints give the same outputs:
+
+* BatchNorm uses PyTorch's `eps=1e-5`; PyTorch's `momentum=0.1` weighs the *new* batch, Keras'
+  `momentum` weighs the *old* statistics, so it becomes 0.9. Keras' defaults (1e-3, 0.99) would
+  shift every pretrained output.
+* The activation comes before BatchNorm everywhere; GELU is the exact (erf) form, which is what
+  `keras.activations.gelu` computes by default (`keras.ops.gelu` defaults to the tanh form).
+* Every convolution has a bias; the depthwise convolution pads "same" (for even kernels both
+  PyTorch and Keras put the extra pixel after); only the depthwise part has the residual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+from keras import layers
+
+from keras_convmixer.depthwise import depthwise_conv2d
+
+BATCH_NORM = {"epsilon": 1e-5, "momentum": 0.9}
+PACKAGE = "keras_convmixer"
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Returns `value` if it is a positive integer, else raises a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    return value
+
+
+def get_activation(activation: str | Callable, name: str = "activation") -> Callable:
+    """Resolves a Keras activation identifier, naming the argument when it is unknown."""
+    try:
+        fn = keras.activations.get(activation)
+    except (ValueError, TypeError):
+        fn = None
+    if fn is None or not callable(fn):
+        raise ValueError(
+            f"{name} must be a Keras activation name (e.g. 'gelu', 'relu') or a callable. "
+            f"Received: {name}={activation!r}"
+        )
+    return fn
+
+
+def check_data_format(data_format: str | None) -> str:
+    """`data_format`, or Keras' global image data format when it is None."""
+    data_format = data_format or keras.config.image_data_format()
+    if data_format not in ("channels_last", "channels_first"):
+        raise ValueError(
+            "data_format must be 'channels_last' or 'channels_first'. "
+            f"Received: data_format={data_format!r}"
+        )
+    return data_format
+
+
+class _ConvActNorm(layers.Layer):
+    """Shared plumbing: activation and data format, sub-layers in the layer's dtype policy."""
+
+    def __init__(self, dim: int, activation, data_format: str | None, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = check_positive_int("dim", dim)
+        self.activation = get_activation(activation)
+        self.data_format = check_data_format(data_format)
+        self.channel_axis = -1 if self.data_format == "channels_last" else 1
+
+    def _norm(self, name: str) -> layers.BatchNormalization:
+        return layers.BatchNormalization(
+            axis=self.channel_axis, dtype=self.dtype_policy, name=name, **BATCH_NORM
+        )
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "activation": keras.activations.serialize(self.activation),
+            "data_format": self.data_format,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PatchEmbedding(_ConvActNorm):
+    """ConvMixer's stem: z0 = BN(σ(Conv2D(dim, kernel=patch_size, stride=patch_size)(x))).
+
+    Args:
+        dim: int. Number of output channels (the model's hidden width).
+        patch_size: int. Side of the square, non-overlapping patches.
+        activation: str or callable. Defaults to `"gelu"` (exact).
+        data_format: `"channels_last"` or `"channels_first"`. Defaults to
+            `keras.config.image_data_format()`.
+    """
+
+    def __init__(self, dim: int, patch_size: int, activation="gelu", data_format=None, **kwargs):
+        super().__init__(dim, activation, data_format, **kwargs)
+        self.patch_size = check_positive_int("patch_size", patch_size)
+        self.conv = layers.Conv2D(
+            dim,
+            patch_size,
+            strides=patch_size,
+            padding="valid",
+            data_format=self.data_format,
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+        self.norm = self._norm("norm")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.norm.build(self.conv.compute_output_shape(input_shape))
+
+    def call(self, inputs, training=None):
+        return self.norm(self.activation(self.conv(inputs)), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "patch_size": self.patch_size}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConvMixerBlock(_ConvActNorm):
+    """One ConvMixer block.
+
+    z' = BN(σ(DepthwiseConv2D(kernel_size, padding="same")(z))) + z
+    out = BN(σ(Conv2D(dim, 1)(z')))
+
+    Args:
+        dim: int. Number of channels in and out.
+        kernel_size: int. Side of the depthwise kernel (even sizes pad like PyTorch).
+        activation: str or callable. Defaults to `"gelu"` (exact).
+        data_format: `"channels_last"` or `"channels_first"`. Defaults to
+            `keras.config.image_data_format()`.
+        depthwise_impl: `"auto"`, `"native"` or `"shift"`. How the depthwise convolution runs;
+            all give the same numbers (see `keras_convmixer.depthwise`). Defaults to `"auto"`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int,
+        activation="gelu",
+        data_format=None,
+        depthwise_impl: str = "auto",
+        **kwargs,
+    ):
+        super().__init__(dim, activation, data_format, **kwargs)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        if depthwise_impl not in ("auto", "native", "shift"):
+            raise ValueError(
+                "depthwise_impl must be 'auto', 'native' or 'shift'. "
+                f"Received: depthwise_impl={depthwise_impl!r}"
+            )
+        self.depthwise_impl = depthwise_impl
+        self.depthwise = layers.DepthwiseConv2D(
+            kernel_size,
+            padding="same",
+            data_format=self.data_format,
+            dtype=self.dtype_policy,
+            name="depthwise",
+        )
+        self.depthwise_norm = self._norm("depthwise_norm")
+        self.pointwise = layers.Conv2D(
+            dim, 1, data_format=self.data_format, dtype=self.dtype_policy, name="pointwise"
+        )
+        self.pointwise_norm = self._norm("pointwise_norm")
+
+    def build(self, input_shape):
+        for layer in (self.depthwise, self.depthwise_norm, self.pointwise, self.pointwise_norm):
+            layer.build(input_shape)
+
+    def call(self, inputs, training=None):
+        mixed = depthwise_conv2d(
+            inputs,
+            self.depthwise.kernel,
+            self.depthwise.bias,
+            data_format=self.data_format,
+            impl=self.depthwise_impl,
+        )
+        x = self.depthwise_norm(self.activation(mixed), training=training) + inputs
+        return self.pointwise_norm(self.activation(self.pointwise(x)), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "kernel_size": self.kernel_size,
+            "depthwise_impl": self.depthwise_impl,
+        }
