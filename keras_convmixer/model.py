@@ -316,4 +316,5 @@ def feature_extractor(model: keras.Model, blocks=None) -> keras.Model:
                 f"Received: blocks={blocks!r}"
             )
         outputs[f"block_{i % depth}"] = model.get_layer(f"block_{i % depth}").output
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outputs, name=f"{model.name}_features")

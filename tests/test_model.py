@@ -1,0 +1,273 @@
+"""The core model: parameter counts, shapes, NumPy parity, round trips, dtypes, validation."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, small_model, to_numpy
+from reference import forward
+
+import keras_convmixer
+from keras_convmixer.layers import ConvMixerBlock, PatchEmbedding
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def trainable_count(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+
+
+@pytest.mark.parametrize(
+    "constructor, trainable",
+    [
+        (keras_convmixer.ConvMixer1536_20, 51_625_960),
+        (keras_convmixer.ConvMixer768_32, 21_110_248),
+        (keras_convmixer.ConvMixer1024_20, 24_383_464),
+        (keras_convmixer.ConvMixer256_8, 594_186),
+    ],
+)
+def test_parameter_counts(constructor, trainable):
+    model = constructor()
+    assert trainable_count(model) == trainable
+    bn_statistics = sum(
+        int(np.prod(v.shape)) for v in model.non_trainable_weights if "moving" in v.path
+    )
+    assert model.count_params() == trainable + bn_statistics
+
+
+def test_variant_activation_comes_from_the_table():
+    model = keras_convmixer.ConvMixer768_32(input_shape=(14, 14, 3))
+    assert model.get_layer("stem").activation is keras.activations.relu
+    assert model.get_layer("block_0").kernel_size == 7
+    model = keras_convmixer.ConvMixer256_8()
+    assert model.get_layer("block_0").activation is keras.activations.gelu
+    assert model.output_shape == (None, 10)
+
+
+@pytest.mark.parametrize(
+    "size, batch", [((32, 32), 1), ((64, 64), 3), ((96, 128), 2), ((224, 224), 1)]
+)
+def test_output_shapes(size, batch):
+    model = keras_convmixer.ConvMixer(8, 2, kernel_size=3, patch_size=7, classes=7)
+    x = np.random.rand(batch, *size, 3).astype("float32")
+    probs = to_numpy(model(x))
+    assert probs.shape == (batch, 7)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    features = keras_convmixer.ConvMixer(8, 2, 3, 7, include_top=False)(x)
+    assert tuple(features.shape) == (batch, size[0] // 7, size[1] // 7, 8)
+
+
+@pytest.mark.parametrize("pooling, reduce", [(None, None), ("avg", np.mean), ("max", np.max)])
+def test_pooling(pooling, reduce):
+    model = small_model(include_top=False, pooling=pooling)
+    x = np.random.rand(2, 16, 12, 3).astype("float32")
+    out = to_numpy(model(x))
+    feature_map = to_numpy(small_model(include_top=False)(x))
+    assert feature_map.shape == (2, 8, 6, 16)
+    if reduce is None:
+        np.testing.assert_allclose(out, feature_map, atol=1e-6)
+    else:
+        np.testing.assert_allclose(out, reduce(feature_map, axis=(1, 2)), atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+@pytest.mark.parametrize("kernel_size", [3, 4])
+@pytest.mark.parametrize("depthwise_impl", ["auto", "native", "shift"])
+def test_matches_numpy_reference(activation, kernel_size, depthwise_impl):
+    model = small_model(activation, kernel_size=kernel_size, depthwise_impl=depthwise_impl)
+    x = np.random.default_rng(1).normal(size=(2, 14, 10, 3))
+    expected, _ = forward(model, x, activation, depth=3)
+    logits = to_numpy(model.predict(x.astype("float32"), verbose=0))
+    assert np.max(np.abs(logits - expected)) <= 1e-5
+    assert np.std(expected) > 0.1  # the comparison is not between near-constant outputs
+
+
+@pytest.mark.parametrize("depthwise_impl", ["native", "shift"])
+def test_channels_first_gives_the_same_numbers(depthwise_impl):
+    last = small_model(depthwise_impl=depthwise_impl, data_format="channels_last")
+    first = keras_convmixer.ConvMixer(
+        16,
+        3,
+        3,
+        2,
+        classes=5,
+        classifier_activation=None,
+        data_format="channels_first",
+        depthwise_impl=depthwise_impl,
+        input_shape=(3, None, None),
+    )
+    first.set_weights(last.get_weights())
+    x = np.random.default_rng(2).normal(size=(2, 12, 16, 3))
+    expected, _ = forward(last, x, "gelu", depth=3)
+    out = to_numpy(first.predict(x.transpose(0, 3, 1, 2).astype("float32"), verbose=0))
+    assert np.max(np.abs(out - expected)) <= 1e-5
+
+
+def test_channels_first_from_global_setting():
+    keras.config.set_image_data_format("channels_first")
+    try:
+        model = keras_convmixer.ConvMixer(8, 1, 3, 2, include_top=False)
+    finally:
+        keras.config.set_image_data_format("channels_last")
+    assert model.input_shape == (None, 3, None, None)
+    assert model.get_layer("block_0").data_format == "channels_first"
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="XLA compilation of a Keras model: TF")
+def test_xla_compiled_tensorflow_matches_reference():
+    model = small_model(kernel_size=5)
+    model.compile(jit_compile=True)
+    x = np.random.default_rng(3).normal(size=(2, 12, 12, 3))
+    expected, _ = forward(model, x, "gelu", depth=3)
+    assert (
+        np.max(np.abs(to_numpy(model.predict(x.astype("float32"), verbose=0)) - expected)) <= 1e-5
+    )
+
+
+def test_feature_extractor_returns_every_block_and_leaves_logits_alone():
+    model = small_model()
+    x = np.random.default_rng(4).normal(size=(1, 8, 8, 3)).astype("float32")
+    before = to_numpy(model(x))
+    extractor = keras_convmixer.feature_extractor(model)
+    features = extractor(x)
+    assert sorted(features) == ["block_0", "block_1", "block_2", "stem"]
+    _, expected = forward(model, x.astype("float64"), "gelu", depth=3)
+    for key, value in features.items():
+        assert np.max(np.abs(to_numpy(value) - expected[key])) <= 1e-5
+    np.testing.assert_array_equal(to_numpy(model(x)), before)
+    subset = keras_convmixer.feature_extractor(model, blocks=[-1])
+    assert sorted(subset(x)) == ["block_2", "stem"]
+
+
+def test_feature_extractor_rejects_bad_blocks():
+    model = small_model()
+    with pytest.raises(ValueError, match="blocks must hold block indices in \\[-3, 3\\)"):
+        keras_convmixer.feature_extractor(model, blocks=[3])
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="model must be a ConvMixer"):
+        keras_convmixer.feature_extractor(plain)
+
+
+def test_training_flag_uses_batch_statistics():
+    model = small_model()
+    x = np.random.default_rng(5).normal(size=(4, 8, 8, 3)).astype("float32")
+    inference = to_numpy(model(x, training=False))
+    training = to_numpy(model(x, training=True))
+    assert inference.shape == training.shape == (4, 5)
+    assert np.max(np.abs(inference - training)) > 1e-3
+
+
+def test_keras_file_and_weights_round_trip(tmp_path):
+    model = small_model()
+    x = np.random.default_rng(6).normal(size=(2, 8, 8, 3)).astype("float32")
+    expected = to_numpy(model(x))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(to_numpy(loaded(x)), expected)
+    model.save_weights(tmp_path / "m.weights.h5")
+    fresh = keras_convmixer.ConvMixer(16, 3, 3, 2, classes=5, classifier_activation=None)
+    fresh.load_weights(tmp_path / "m.weights.h5")
+    np.testing.assert_array_equal(to_numpy(fresh(x)), expected)
+    via_argument = keras_convmixer.ConvMixer(
+        16, 3, 3, 2, classes=5, classifier_activation=None, weights=str(tmp_path / "m.weights.h5")
+    )
+    np.testing.assert_array_equal(to_numpy(via_argument(x)), expected)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        PatchEmbedding(8, 4, activation="relu", data_format="channels_first", name="p"),
+        ConvMixerBlock(8, 5, activation="gelu", depthwise_impl="shift", name="b"),
+    ],
+)
+def test_layer_config_round_trip(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer) and restored.get_config() == config
+
+
+def test_model_saved_under_another_backend_loads_here():
+    """tests/data/tiny_convmixer.keras was saved under TensorFlow by tests/make_fixture.py."""
+    model = keras.models.load_model(os.path.join(DATA, "tiny_convmixer.keras"))
+    io = np.load(os.path.join(DATA, "tiny_convmixer_io.npz"))
+    out = to_numpy(model.predict(io["inputs"], verbose=0))
+    assert np.max(np.abs(out - io["outputs"])) <= 1e-5
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision(policy, dtype_policy):
+    dtype_policy(policy)
+    model = keras_convmixer.ConvMixer(16, 2, 3, 2, classes=4)
+    compute = policy.split("_")[1]
+    x = np.random.default_rng(7).normal(size=(2, 8, 8, 3)).astype("float32")
+    probs = model(x)
+    assert keras.backend.standardize_dtype(probs.dtype) == "float32"
+    np.testing.assert_allclose(to_numpy(probs).sum(axis=1), 1.0, atol=1e-3)
+    stem = model.get_layer("stem")
+    assert stem.compute_dtype == compute
+    assert keras.backend.standardize_dtype(stem.norm.moving_mean.dtype) == "float32"
+    assert keras.backend.standardize_dtype(stem.norm.moving_variance.dtype) == "float32"
+    features = keras_convmixer.feature_extractor(model)(x)
+    assert keras.backend.standardize_dtype(features["block_1"].dtype) == compute
+
+
+def test_include_preprocessing_applies_imagenet_normalisation():
+    model = small_model(include_preprocessing=True)
+    plain = keras_convmixer.ConvMixer(16, 3, 3, 2, classes=5, classifier_activation=None)
+    plain.set_weights([w for w in model.get_weights()][-len(plain.get_weights()) :])
+    pixels = np.random.default_rng(8).uniform(0, 255, size=(2, 8, 8, 3)).astype("float32")
+    normalised = keras_convmixer.preprocess_input(pixels)
+    np.testing.assert_allclose(to_numpy(model(pixels)), to_numpy(plain(normalised)), atol=1e-5)
+
+
+VALIDATION = [
+    ({"dim": 0}, "dim must be a positive integer. Received: dim=0"),
+    ({"depth": -1}, "depth must be a positive integer. Received: depth=-1"),
+    ({"kernel_size": 0}, "kernel_size must be a positive integer"),
+    ({"patch_size": 2.5}, "patch_size must be a positive integer"),
+    ({"activation": "nope"}, "activation must be a Keras activation name"),
+    ({"pooling": "sum", "include_top": False}, "pooling must be one of"),
+    ({"classes": 0}, "classes must be a positive integer. Received: classes=0"),
+    ({"classifier_activation": "nope"}, "classifier_activation must be a Keras activation"),
+    ({"input_shape": (32, 32)}, "input_shape must be a tuple of 3 entries"),
+    ({"input_shape": (32, 32, 0)}, "input_shape must have a positive channel count"),
+    ({"input_shape": (4, 32, 3)}, "input_shape must be at least one patch"),
+    ({"data_format": "NHWC"}, "data_format must be 'channels_last' or 'channels_first'"),
+    ({"depthwise_impl": "fft"}, "depthwise_impl must be 'auto', 'native' or 'shift'"),
+    ({"weights": "/no/such/file.weights.h5"}, "weights must be None, 'imagenet', or the path"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", VALIDATION)
+def test_validation_errors_name_the_argument(overrides, message):
+    kwargs = {"dim": 8, "depth": 1, "kernel_size": 3, "patch_size": 7, **overrides}
+    with pytest.raises(ValueError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        keras_convmixer.ConvMixer(**kwargs)
+
+
+def test_none_spatial_size_is_allowed_with_the_top():
+    """The head is global pooling, so the model is fully convolutional even with the top."""
+    model = keras_convmixer.ConvMixer(8, 1, 3, 7, input_shape=(None, None, 3))
+    assert to_numpy(model(np.zeros((1, 21, 35, 3), "float32"))).shape == (1, 1000)
+
+
+def test_weights_file_that_does_not_fit_names_the_layer_and_shapes(tmp_path):
+    other = keras_convmixer.ConvMixer(16, 3, kernel_size=5, patch_size=2)
+    other.save_weights(tmp_path / "k5.weights.h5")
+    with pytest.raises(ValueError) as error:
+        keras_convmixer.ConvMixer(
+            16, 3, kernel_size=3, patch_size=2, weights=str(tmp_path / "k5.weights.h5")
+        )
+    message = str(error.value)
+    assert "conv_mixer_block_2/depthwise" in message
+    assert "model (3, 3, 16, 1), file (5, 5, 16, 1)" in message
+
+
+def test_layers_are_exposed():
+    assert keras_convmixer.layers.PatchEmbedding is PatchEmbedding
+    assert keras_convmixer.layers.ConvMixerBlock is ConvMixerBlock
+    assert keras.saving.get_registered_object("keras_convmixer>ConvMixerBlock") is ConvMixerBlock
