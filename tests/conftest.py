@@ -55,3 +55,49 @@ def dtype_policy():
 def _clear_session():
     yield
     keras.backend.clear_session()
+
+
+def import_timm():
+    """Imports timm on the CPU-only torch wheel.
+
+    The torchvision wheel that matches torch 2.13.0 is a CUDA build whose import fails with
+    "operator torchvision::nms does not exist"; defining the two missing operator schemas first
+    makes it importable. Test-only: nothing here uses those operators.
+    """
+    import torch
+
+    if not hasattr(import_timm, "library"):
+        try:
+            import_timm.library = torch.library.Library("torchvision", "DEF")
+            import_timm.library.define(
+                "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+            )
+            import_timm.library.define(
+                "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+            )
+        except RuntimeError:  # a real torchvision build already defines them
+            import_timm.library = None
+    import timm
+
+    return timm
+
+
+def timm_convmixer(dim, depth, kernel_size, patch_size, activation="gelu", classes=10, seed=0):
+    """timm's ConvMixer with random weights and randomised BatchNorm statistics, in eval mode."""
+    import torch
+
+    timm = import_timm()
+    from timm.models.convmixer import ConvMixer
+
+    torch.manual_seed(seed)
+    act = {"gelu": torch.nn.GELU, "relu": torch.nn.ReLU}[activation]
+    model = ConvMixer(dim, depth, kernel_size, patch_size, num_classes=classes, act_layer=act)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.2)
+    assert timm is not None
+    return model.eval()

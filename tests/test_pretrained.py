@@ -1,0 +1,333 @@
+"""Checkpoint conversion: parity with timm, key layouts, errors, and the `weights="imagenet"` path
+against a loopback HTTP server."""
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import http.server
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import keras
+import numpy as np
+import pytest
+from conftest import timm_convmixer, to_numpy
+
+import keras_convmixer
+from keras_convmixer import pretrained
+from keras_convmixer.model import VARIANTS, Variant
+
+torch = pytest.importorskip("torch")
+
+
+def save_safetensors(model, path):
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), str(path))
+    return str(path)
+
+
+def sequential_layout(state_dict, depth, prefix="module."):
+    """The original locuslab/convmixer key layout (nn.Sequential numbering)."""
+    renamed = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if parts[0] == "stem":
+            new = ".".join(parts[1:])
+        elif parts[0] == "blocks":
+            new = ".".join([str(int(parts[1]) + 3)] + parts[2:])
+        else:  # head
+            new = ".".join([str(depth + 5)] + parts[1:])
+        renamed[prefix + new] = value
+    return renamed
+
+
+def logits_deviation(ours, reference, x):
+    expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+    return float(np.max(np.abs(to_numpy(ours.predict(x, verbose=0)) - expected)))
+
+
+def random_images(size, batch=2, seed=0):
+    return np.random.default_rng(seed).normal(size=(batch, size, size, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_safetensors_matches_timm(tmp_path, activation):
+    reference = timm_convmixer(32, 3, 5, 4, activation)
+    path = save_safetensors(reference, tmp_path / "model.safetensors")
+    model = keras_convmixer.ConvMixer(
+        32, 3, 5, 4, activation, classes=10, classifier_activation=None, weights=path
+    )
+    assert logits_deviation(model, reference, random_images(32)) <= 1e-4
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pth.tar", ".bin"])
+def test_torch_files_in_both_layouts(tmp_path, suffix):
+    reference = timm_convmixer(24, 2, 4, 3, "relu")
+    state = reference.state_dict()
+    timm_file = tmp_path / f"timm{suffix}"
+    torch.save(state, timm_file)
+    original = tmp_path / f"original{suffix}"
+    torch.save(
+        {"state_dict": sequential_layout(state, 2), "epoch": 3, "args": argparse.Namespace(lr=0.1)},
+        original,
+    )
+    x = random_images(27)
+    for path in (timm_file, original):
+        model = keras_convmixer.ConvMixer(
+            24, 2, 4, 3, "relu", classes=10, classifier_activation=None, weights=str(path)
+        )
+        assert logits_deviation(model, reference, x) <= 1e-4
+
+
+def test_features_without_top_match_timm_forward_features(tmp_path):
+    reference = timm_convmixer(32, 2, 7, 4)
+    path = save_safetensors(reference, tmp_path / "model.safetensors")
+    model = keras_convmixer.ConvMixer(32, 2, 7, 4, include_top=False, weights=path)
+    x = random_images(40)
+    expected = reference.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+    expected = expected.detach().numpy().transpose(0, 2, 3, 1)
+    assert np.max(np.abs(to_numpy(model.predict(x, verbose=0)) - expected)) <= 1e-4
+
+
+def test_channels_first_model_loads_the_same_checkpoint(tmp_path):
+    reference = timm_convmixer(16, 2, 3, 2)
+    path = save_safetensors(reference, tmp_path / "model.safetensors")
+    model = keras_convmixer.ConvMixer(
+        16,
+        2,
+        3,
+        2,
+        classes=10,
+        classifier_activation=None,
+        weights=path,
+        data_format="channels_first",
+        input_shape=(3, None, None),
+    )
+    x = random_images(12)
+    expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+    out = to_numpy(model.predict(x.transpose(0, 3, 1, 2), verbose=0))
+    assert np.max(np.abs(out - expected)) <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20"])
+def test_real_variant_shapes_match_timm(tmp_path, variant):
+    v = VARIANTS[variant]
+    reference = timm_convmixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, 1000)
+    path = save_safetensors(reference, tmp_path / "model.safetensors")
+    model = keras_convmixer.ConvMixer(
+        v.dim,
+        v.depth,
+        v.kernel_size,
+        v.patch_size,
+        v.activation,
+        classifier_activation=None,
+        weights=path,
+        input_shape=(64, 64, 3),
+    )
+    deviation = logits_deviation(model, reference, random_images(64, batch=1))
+    print(f"{keras.backend.backend()} {variant}: max |Δlogit| = {deviation:.2e}")
+    assert deviation <= 1e-4
+
+
+def test_mismatched_checkpoint_lists_keys_and_names_the_variant(tmp_path):
+    reference = timm_convmixer(16, 2, 5, 2)
+    state = {k: v.numpy() for k, v in reference.state_dict().items()}
+    with pytest.raises(ValueError, match=r"Missing keys: \['blocks.1.1.bias'\]"):
+        pretrained.to_keras_arrays({k: v for k, v in state.items() if k != "blocks.1.1.bias"}, 2)
+    with pytest.raises(ValueError, match=r"Unexpected keys: \['blocks.1"):
+        pretrained.to_keras_arrays(state, 1)
+    path = save_safetensors(reference, tmp_path / "k5.safetensors")
+    with pytest.raises(
+        ValueError,
+        match=r"block_0/depthwise/kernel: model \(3, 3, 16, 1\), weights \(5, 5, 16, 1\)",
+    ):
+        keras_convmixer.ConvMixer(16, 2, 3, 2, classes=10, weights=path)
+    shapes = {
+        k: np.zeros(v.shape, "float32")
+        for k, v in timm_convmixer(768, 32, 7, 7, "relu", 1000).state_dict().items()
+    }
+    with pytest.raises(ValueError, match="look like convmixer_768_32"):
+        pretrained.to_keras_arrays(shapes, 20)
+
+
+def test_unknown_file_type_is_rejected(tmp_path):
+    path = tmp_path / "weights.onnx"
+    path.write_bytes(b"x")
+    with pytest.raises(ValueError, match="Unknown checkpoint type"):
+        keras_convmixer.ConvMixer(8, 1, 3, 2, weights=str(path))
+
+
+# --- weights="imagenet" against a loopback server -------------------------------------------
+
+TINY = Variant(16, 2, kernel_size=3, patch_size=2, activation="gelu")
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    truncate = False
+
+    def log_message(self, *args):
+        pass
+
+    def copyfile(self, source, outputfile):
+        data = source.read()
+        outputfile.write(data[: len(data) // 2] if self.truncate else data)
+
+
+@contextlib.contextmanager
+def serve(directory, truncate=False):
+    handler = type("Handler", (_Handler,), {"truncate": truncate})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(directory))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A timm-format checkpoint of a tiny variant published on a loopback 'hub'."""
+    reference = timm_convmixer(16, 2, 3, 2, classes=1000, seed=3)
+    root = tmp_path / "hub"
+    folder = root / "timm" / "convmixer_tiny.in1k" / "resolve" / "main"
+    folder.mkdir(parents=True)
+    path = save_safetensors(reference, folder / "model.safetensors")
+    digest = pretrained.sha256(path)
+    monkeypatch.setitem(VARIANTS, "convmixer_tiny", TINY)
+    monkeypatch.setitem(
+        pretrained.WEIGHTS,
+        "convmixer_tiny",
+        pretrained.Checkpoint("convmixer_tiny.in1k", "model.safetensors", digest, 0.0),
+    )
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    return {"root": root, "reference": reference, "sha256": digest}
+
+
+def tiny_imagenet_model(**kwargs):
+    kwargs.setdefault("classifier_activation", None)
+    return keras_convmixer.ConvMixer(16, 2, 3, 2, weights="imagenet", **kwargs)
+
+
+def cache_files():
+    folder = pretrained.cache_dir()
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def test_imagenet_downloads_verifies_converts_and_caches(hub, monkeypatch):
+    x = random_images(16)
+    with serve(hub["root"]) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        model = tiny_imagenet_model()
+    assert logits_deviation(model, hub["reference"], x) <= 1e-4
+    assert cache_files() == ["convmixer_tiny.in1k.npz"]
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # server gone: the cache serves
+    again = tiny_imagenet_model()
+    np.testing.assert_array_equal(to_numpy(again(x)), to_numpy(model(x)))
+    headless = tiny_imagenet_model(include_top=False, pooling="avg", input_shape=(20, 20, 3))
+    assert headless.output_shape == (None, 16)
+
+
+def test_imagenet_wrong_hash_caches_nothing(hub, monkeypatch):
+    bad = dataclasses.replace(pretrained.WEIGHTS["convmixer_tiny"], sha256="0" * 64)
+    monkeypatch.setitem(pretrained.WEIGHTS, "convmixer_tiny", bad)
+    with serve(hub["root"]) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        with pytest.raises(ValueError, match=f"sha256 {hub['sha256']}, expected 0000"):
+            tiny_imagenet_model()
+    assert cache_files() == []
+
+
+def test_imagenet_truncated_download_is_an_error(hub, monkeypatch):
+    with serve(hub["root"], truncate=True) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        with pytest.raises(OSError, match="Could not download"):
+            tiny_imagenet_model()
+    assert cache_files() == []
+
+
+def test_imagenet_truncated_file_without_hash_is_an_error(hub, monkeypatch):
+    unhashed = dataclasses.replace(pretrained.WEIGHTS["convmixer_tiny"], sha256=None)
+    monkeypatch.setitem(pretrained.WEIGHTS, "convmixer_tiny", unhashed)
+    path = hub["root"] / "timm" / "convmixer_tiny.in1k" / "resolve" / "main" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    with serve(hub["root"]) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        with pytest.raises(ValueError, match="is unusable: .* is not a readable .safetensors file"):
+            tiny_imagenet_model()
+    assert cache_files() == []
+
+
+def test_imagenet_without_network_says_what_to_do(hub, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(OSError, match="Pass weights=PATH .* or set HF_ENDPOINT"):
+        tiny_imagenet_model()
+    assert cache_files() == []
+
+
+def test_two_processes_loading_at_once_end_with_one_good_file(hub, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import hashlib, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import numpy as np
+        import keras_convmixer
+        from keras_convmixer import pretrained
+        from keras_convmixer.model import VARIANTS, Variant
+        VARIANTS["convmixer_tiny"] = Variant(16, 2, 3, 2, "gelu")
+        pretrained.WEIGHTS["convmixer_tiny"] = pretrained.Checkpoint(
+            "convmixer_tiny.in1k", "model.safetensors", {hub["sha256"]!r}, 0.0)
+        model = keras_convmixer.ConvMixer(16, 2, 3, 2, weights="imagenet")
+        print(float(np.sum(model.get_weights()[0])))
+        """
+    )
+    with serve(hub["root"]) as endpoint:
+        env = {**os.environ, "HF_ENDPOINT": endpoint, "KERAS_HOME": os.environ["KERAS_HOME"]}
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        results = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], results
+    assert results[0][0].splitlines()[-1] == results[1][0].splitlines()[-1]
+    assert cache_files() == ["convmixer_tiny.in1k.npz"]
+    with np.load(os.path.join(pretrained.cache_dir(), "convmixer_tiny.in1k.npz")) as data:
+        assert len(data.files) == 6 + 2 * 12 + 2  # stem, two blocks, head: every variable
+
+
+def test_imagenet_rules(hub):
+    with pytest.raises(ValueError, match="needs classes=1000. Received: classes=10"):
+        tiny_imagenet_model(classes=10)
+    with pytest.raises(ValueError, match="needs activation='gelu'"):
+        keras_convmixer.ConvMixer(16, 2, 3, 2, activation="relu", weights="imagenet")
+    with pytest.raises(ValueError, match="needs 3 input channels"):
+        tiny_imagenet_model(include_top=False, input_shape=(None, None, 1))
+    with pytest.raises(ValueError, match="weights='imagenet' exists for"):
+        keras_convmixer.ConvMixer(16, 2, 5, 2, weights="imagenet")
+    assert cache_files() == []
+
+
+def test_checkpoint_url_honours_hf_endpoint(monkeypatch):
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert pretrained.checkpoint_url("convmixer_768_32") == (
+        "https://huggingface.co/timm/convmixer_768_32.in1k/resolve/main/model.safetensors"
+    )
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example/")
+    assert pretrained.checkpoint_url("convmixer_1024_20").startswith(
+        "http://mirror.example/timm/convmixer_1024_20_ks9_p14.in1k/"
+    )
