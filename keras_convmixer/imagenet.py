@@ -22,11 +22,9 @@ CROP_PCT = 0.96
 IMAGE_SIZE = 224
 
 
-def _channel_shape(x, data_format: str | None) -> tuple[int, ...]:
-    rank = len(x.shape)
-    if check_data_format(data_format) == "channels_last":
-        return (3,)
-    return (3,) + (1,) * (rank - 3)
+def _channel_shape(data_format: str | None) -> tuple[int, ...]:
+    """Broadcast shape of per-channel constants: channels are axis -1 or axis -3."""
+    return (3,) if check_data_format(data_format) == "channels_last" else (3, 1, 1)
 
 
 def preprocess_input(x, data_format: str | None = None):
@@ -43,7 +41,7 @@ def preprocess_input(x, data_format: str | None = None):
     Returns:
         The normalised images, same shape; a NumPy array for NumPy input.
     """
-    shape = _channel_shape(x, data_format)
+    shape = _channel_shape(data_format)
     mean = np.reshape(np.asarray(MEAN, "float32"), shape)
     std = np.reshape(np.asarray(STD, "float32"), shape)
     if isinstance(x, np.ndarray):
