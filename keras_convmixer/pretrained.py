@@ -275,7 +275,8 @@ def _download(variant: str) -> str:
         _remove(target)
         raise OSError(
             f"Could not download the ImageNet weights of {variant} from {url} ({error}). "
-            "Pass weights=PATH to a local checkpoint (.safetensors, .pth or .weights.h5; "
+            "Pass weights=PATH (--weights PATH on the command line) to a local checkpoint "
+            "(.safetensors, .pth or .weights.h5; "
             "see weights/README.md), or set HF_ENDPOINT to a reachable mirror."
         ) from None
     actual = sha256(target)

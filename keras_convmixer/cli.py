@@ -1,0 +1,199 @@
+"""The `keras-convmixer` command line.
+
+Keras is imported only after `--backend` has set `KERAS_BACKEND`, so every subcommand can
+choose its backend. Errors a user can cause print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from importlib import resources
+
+BACKENDS = ("tensorflow", "jax", "torch")
+MODELS = ("convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20", "convmixer_256_8")
+
+
+class UserError(Exception):
+    """An error of the user's making: printed as one line, no traceback."""
+
+
+def _existing_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise UserError(f"no such file: {path}")
+    return path
+
+
+def build_model(name: str, weights: str | None, **kwargs):
+    """The named variant with `weights` ("imagenet", a path, or None)."""
+    from keras_convmixer.model import VARIANTS, ConvMixer
+
+    if name not in VARIANTS:
+        raise UserError(f"unknown model {name!r}; choose from {', '.join(VARIANTS)}")
+    if weights not in (None, "imagenet"):
+        _existing_file(weights)
+    v = VARIANTS[name]
+    kwargs.setdefault("classes", v.classes)
+    return ConvMixer(
+        v.dim,
+        v.depth,
+        v.kernel_size,
+        v.patch_size,
+        v.activation,
+        weights=weights,
+        name=name,
+        **kwargs,
+    )
+
+
+def read_image(path: str):
+    """An RGB uint8 array from an image file."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    _existing_file(path)
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
+
+
+def sample_image_path() -> str:
+    """A CC0 photo of a tabby cat (scikit-image's `chelsea.png`) bundled with the package."""
+    return str(resources.files("keras_convmixer").joinpath("sample_cat.png"))
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from keras_convmixer.imagenet import decode_predictions, eval_transform, preprocess_input
+
+    paths = args.images or [sample_image_path()]
+    batch = np.stack([eval_transform(read_image(p)) for p in paths])
+    model = build_model(args.model, args.weights)
+    probs = model.predict(preprocess_input(batch), verbose=0)
+    results = {
+        path: [{"wnid": w, "label": label, "score": round(s, 6)} for w, label, s in row]
+        for path, row in zip(paths, decode_predictions(probs, top=args.top), strict=True)
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for path, rows in results.items():
+        print(f"{os.path.basename(path)}  ({args.model}, {args.weights})")
+        for rank, row in enumerate(rows, 1):
+            print(f"  {rank}. {row['label']:<28} {row['wnid']}  {row['score']:7.2%}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from keras_convmixer.pretrained import sha256
+
+    model = build_model(args.model, args.checkpoint, classifier_activation=None)
+    if not args.output.endswith(".weights.h5"):
+        raise UserError(f"the output must end in .weights.h5; received {args.output}")
+    model.save_weights(args.output)
+    print(f"wrote {args.output}  sha256 {sha256(args.output)}")
+    if args.compare_timm:
+        deviation = compare_with_timm(model, args.checkpoint)
+        print(f"max |logit difference| against timm on random input: {deviation:.3e}")
+    return 0
+
+
+def compare_with_timm(model, checkpoint: str) -> float:
+    """Max logit deviation between `model` and timm's ConvMixer loaded from `checkpoint`."""
+    import numpy as np
+
+    try:
+        import timm
+        import torch
+    except Exception as error:  # timm missing, or a torchvision that does not import
+        raise UserError(f"--compare-timm needs torch and timm: {error}") from None
+    from keras_convmixer.pretrained import read_state_dict, timm_layout
+
+    stem, block = model.get_layer("stem"), model.get_layer("block_0")
+    act = {"relu": torch.nn.ReLU}.get(block.get_config()["activation"], torch.nn.GELU)
+    depth = sum(layer.name.startswith("block_") for layer in model.layers)
+    reference = timm.models.convmixer.ConvMixer(
+        stem.dim, depth, block.kernel_size, stem.patch_size, act_layer=act
+    )
+    state = {k: torch.from_numpy(v) for k, v in timm_layout(read_state_dict(checkpoint)).items()}
+    reference.load_state_dict(state)
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype("float32")
+    with torch.no_grad():
+        expected = reference.eval()(torch.from_numpy(x)).numpy()
+    ours = model.predict(x.transpose(0, 2, 3, 1), verbose=0)
+    return float(np.max(np.abs(ours - expected)))
+
+
+def cmd_info(args) -> int:
+    import keras
+    import numpy as np
+
+    from keras_convmixer import __version__
+    from keras_convmixer.pretrained import WEIGHTS, cache_dir, converted_path
+
+    backend = keras.backend.backend()
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend]
+    print(f"keras_convmixer {__version__}")
+    print(f"keras {keras.__version__}, numpy {np.__version__}")
+    print(f"backend {backend} ({module} {__import__(module).__version__})")
+    print(f"devices {', '.join(keras.distribution.list_devices())}")
+    print(f"weights cache {cache_dir()}")
+    for name in WEIGHTS:
+        state = "cached" if os.path.exists(converted_path(name)) else "not cached"
+        print(f"  {name:<20} {state}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="keras-convmixer", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", choices=BACKENDS, help="Keras backend (sets KERAS_BACKEND)")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "predict", parents=[common], help="classify images (default: a bundled cat photo)"
+    )
+    p.add_argument("images", nargs="*", help="image files; none: the bundled sample photo")
+    p.add_argument("--model", default="convmixer_1536_20", help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--weights", default="imagenet", help="'imagenet' or a weights file")
+    p.add_argument("--top", type=int, default=5, help="classes to show per image")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("convert", parents=[common], help="convert a timm/PyTorch checkpoint")
+    p.add_argument("checkpoint", help=".safetensors, .pth, .pth.tar or .bin")
+    p.add_argument("output", help="the Keras .weights.h5 to write")
+    p.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--compare-timm", action="store_true", help="report max logit deviation vs timm")
+    p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("info", parents=[common], help="versions, backend, devices, weights cache")
+    p.set_defaults(run=cmd_info)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.backend and _loaded_backend() not in (None, args.backend):
+        # Importing this package imported Keras with another backend: start again with it set.
+        env = {**os.environ, "KERAS_BACKEND": args.backend}
+        os.execve(sys.executable, [sys.executable, "-m", "keras_convmixer", *argv], env)
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    try:
+        return args.run(args)
+    except (UserError, ValueError, OSError) as error:
+        print(f"keras-convmixer: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _loaded_backend() -> str | None:
+    keras = sys.modules.get("keras")
+    return keras.backend.backend() if keras is not None else None
