@@ -129,6 +129,40 @@ def compare_with_timm(model, checkpoint: str) -> float:
     return float(np.max(np.abs(ours - expected)))
 
 
+def cmd_benchmark(args) -> int:
+    import keras
+
+    from keras_convmixer import benchmark
+
+    if args.model not in MODELS:
+        raise UserError(f"unknown model {args.model!r}; choose from {', '.join(MODELS)}")
+    keras.config.set_dtype_policy(args.dtype_policy)
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    modes = ("inference", "train") if args.mode == "both" else (args.mode,)
+    settings = (args.model, args.batch, args.image_size, modes, args.warmup, args.repeats)
+    results = benchmark.keras_results(*settings, jit_compile=jit)
+    if args.compare_timm:
+        results += benchmark.timm_results(*settings, args.dtype_policy, compile_model=False)
+        if args.timm_compile:
+            results += benchmark.timm_results(*settings, args.dtype_policy, compile_model=True)
+    macs = benchmark.macs_per_image(args.model, args.image_size)
+    print(
+        f"{args.model}, batch {args.batch}, {args.image_size}², {args.dtype_policy}, "
+        f"{macs / 1e9:.2f} GMAC/image; {benchmark.machine().get('cpu')}"
+    )
+    print(benchmark.table(results, macs, args.peak_tflops))
+    if args.json:
+        report = {
+            "settings": vars(args) | {"run": None},
+            "machine": benchmark.machine(),
+            "gmac_per_image": macs / 1e9,
+            "results": [r.__dict__ for r in results],
+        }
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+    return 0
+
+
 def cmd_info(args) -> int:
     import keras
     import numpy as np
@@ -171,6 +205,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
     p.add_argument("--compare-timm", action="store_true", help="report max logit deviation vs timm")
     p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("benchmark", parents=[common], help="throughput, optionally beside timm")
+    p.add_argument("--model", default="convmixer_768_32", help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument(
+        "--dtype-policy", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16")
+    )
+    p.add_argument("--mode", default="both", choices=("inference", "train", "both"))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"))
+    p.add_argument("--compare-timm", action="store_true", help="also time timm in this process")
+    p.add_argument("--timm-compile", action="store_true", help="also time timm + torch.compile")
+    p.add_argument("--peak-tflops", type=float, help="device peak, to report MFU")
+    p.add_argument("--json", help="write the figures to this JSON file")
+    p.set_defaults(run=cmd_benchmark)
 
     p = sub.add_parser("info", parents=[common], help="versions, backend, devices, weights cache")
     p.set_defaults(run=cmd_info)

@@ -7,6 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import pytest
+from timm_shim import import_timm
 
 import keras_convmixer
 
@@ -55,31 +56,6 @@ def dtype_policy():
 def _clear_session():
     yield
     keras.backend.clear_session()
-
-
-def import_timm():
-    """Imports timm on the CPU-only torch wheel.
-
-    The torchvision wheel that matches torch 2.13.0 is a CUDA build whose import fails with
-    "operator torchvision::nms does not exist"; defining the two missing operator schemas first
-    makes it importable. Test-only: nothing here uses those operators.
-    """
-    import torch
-
-    if not hasattr(import_timm, "library"):
-        try:
-            import_timm.library = torch.library.Library("torchvision", "DEF")
-            import_timm.library.define(
-                "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
-            )
-            import_timm.library.define(
-                "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
-            )
-        except RuntimeError:  # a real torchvision build already defines them
-            import_timm.library = None
-    import timm
-
-    return timm
 
 
 def timm_convmixer(dim, depth, kernel_size, patch_size, activation="gelu", classes=10, seed=0):

@@ -1,0 +1,203 @@
+"""Throughput of a ConvMixer on the current backend, optionally beside timm in the same process.
+
+Run through `keras-convmixer benchmark` (see `--help`). Figures are images per second after
+warm-up: the median of several timed repeats, with the min and max, plus the first call's time
+(tracing / compilation) and peak memory. Nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import resource
+import statistics
+import time
+
+import keras
+import numpy as np
+
+from keras_convmixer.model import VARIANTS, ConvMixer
+
+GMAC_PER_IMAGE_224 = {"convmixer_1536_20": 48.68}
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    mode: str
+    images_per_s: float
+    min_images_per_s: float
+    max_images_per_s: float
+    first_call_s: float
+    peak_memory_mb: float
+
+
+def macs_per_image(variant: str, image_size: int) -> float:
+    """Multiply-accumulates of one forward pass (convolutions and the head)."""
+    v = VARIANTS[variant]
+    side = image_size // v.patch_size
+    positions = side * side
+    stem = positions * v.dim * 3 * v.patch_size**2
+    block = positions * v.dim * (v.kernel_size**2 + v.dim)
+    return stem + v.depth * block + v.dim * v.classes
+
+
+def _time(step, warmup: int, repeats: int, batch: int, name: str, mode: str) -> Result:
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        rates.append(batch / (time.perf_counter() - start))
+    return Result(
+        name, mode, statistics.median(rates), min(rates), max(rates), first, peak_memory_mb()
+    )
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory if the backend reports it, else the process's peak RSS."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.max_memory_allocated() / 2**20
+        elif backend == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats() or {}
+            if "peak_bytes_in_use" in stats:
+                return stats["peak_bytes_in_use"] / 2**20
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            if tf.config.list_logical_devices("GPU"):
+                return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    except Exception:  # memory statistics are best-effort
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def keras_results(
+    variant: str, batch: int, image_size: int, modes, warmup: int, repeats: int, jit_compile
+) -> list[Result]:
+    v = VARIANTS[variant]
+    model = ConvMixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, classes=v.classes)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, image_size, image_size, 3)).astype("float32")
+    y = keras.utils.to_categorical(rng.integers(0, v.classes, batch), v.classes)
+    name = f"keras/{keras.backend.backend()}"
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3),
+        loss=keras.losses.CategoricalCrossentropy(),
+        jit_compile=jit_compile,
+    )
+    results = []
+    if "inference" in modes:
+        results.append(
+            _time(lambda: model.predict_on_batch(x), warmup, repeats, batch, name, "inference")
+        )
+    if "train" in modes:
+        results.append(
+            _time(lambda: model.train_on_batch(x, y), warmup, repeats, batch, name, "train")
+        )
+    return results
+
+
+def timm_results(
+    variant: str,
+    batch: int,
+    image_size: int,
+    modes,
+    warmup: int,
+    repeats: int,
+    policy: str,
+    compile_model: bool,
+) -> list[Result]:
+    """timm's ConvMixer with the same settings (channels_last memory format; autocast for mixed
+    policies; `torch.compile` if asked)."""
+    import timm
+    import torch
+
+    v = VARIANTS[variant]
+    act = torch.nn.ReLU if v.activation == "relu" else torch.nn.GELU
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = timm.models.convmixer.ConvMixer(
+        v.dim, v.depth, v.kernel_size, v.patch_size, num_classes=v.classes, act_layer=act
+    ).to(device, memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, image_size, image_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, v.classes, (batch,), device=device)
+    dtype = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}.get(policy)
+    forward = torch.compile(model) if compile_model else model
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def autocast():
+        return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
+
+    def infer():
+        model.eval()
+        with torch.inference_mode(), autocast():
+            forward(x)
+        sync()
+
+    def train():
+        model.train()
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(forward(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sync()
+
+    name = "timm/torch.compile" if compile_model else "timm"
+    results = []
+    if "inference" in modes:
+        results.append(_time(infer, warmup, repeats, batch, name, "inference"))
+    if "train" in modes:
+        results.append(_time(train, warmup, repeats, batch, name, "train"))
+    return results
+
+
+def machine() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "devices": keras.distribution.list_devices(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else None
+    except OSError:
+        pass
+    return info
+
+
+def table(results: list[Result], macs: float | None, peak_tflops: float | None) -> str:
+    lines = [
+        f"{'path':<22} {'mode':<10} {'img/s':>8} {'min':>8} {'max':>8} {'first s':>8} "
+        f"{'peak MB':>8}" + (f" {'MFU':>6}" if macs and peak_tflops else "")
+    ]
+    for r in results:
+        line = (
+            f"{r.name:<22} {r.mode:<10} {r.images_per_s:8.2f} {r.min_images_per_s:8.2f} "
+            f"{r.max_images_per_s:8.2f} {r.first_call_s:8.2f} {r.peak_memory_mb:8.0f}"
+        )
+        if macs and peak_tflops:
+            factor = 1 if r.mode == "inference" else 3  # forward + backward ≈ 3× forward
+            line += f" {2 * macs * factor * r.images_per_s / (peak_tflops * 1e12):6.1%}"
+        lines.append(line)
+    return "\n".join(lines)

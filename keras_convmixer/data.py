@@ -1,0 +1,191 @@
+"""Input pipelines: `tf.data.Dataset`s of (image, label) for training and evaluation.
+
+Sources give uint8 RGB images and integer labels: any TensorFlow Datasets name
+(`from_tfds`), an image folder in the ImageNet layout (`from_folder`), or arrays
+(`from_arrays`). `train_pipeline` and `eval_pipeline` turn them into batches of normalised
+float32 images and one-hot (training: smoothed and mixed) labels for `model.fit`, on any Keras
+backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from keras_convmixer.augment import BatchAugmenter, example_transform, normalize
+from keras_convmixer.training import Recipe, get_recipe
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def from_tfds(
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    shuffle_files: bool = False,
+) -> tuple[tf.data.Dataset, int]:
+    """A TensorFlow Datasets split as (uint8 image, int label) and its number of classes.
+
+    Args:
+        name: e.g. `"cifar10"`, `"cifar100"`, `"imagenette"`, `"imagenet2012"`.
+        split: e.g. `"train"`, `"test"`, `"validation"`, `"train[:90%]"`.
+        data_dir: where tfds keeps data. Defaults to tfds' own default.
+        manual_dir: folder holding manually downloaded archives (`imagenet2012`).
+        shuffle_files: bool. Shuffle the files when reading. Defaults to False.
+    """
+    import tensorflow_datasets as tfds
+
+    kwargs = {}
+    if manual_dir:
+        kwargs["download_and_prepare_kwargs"] = {
+            "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)
+        }
+    dataset, info = tfds.load(
+        name,
+        split=split,
+        data_dir=data_dir,
+        as_supervised=True,
+        with_info=True,
+        shuffle_files=shuffle_files,
+        **kwargs,
+    )
+    return dataset, info.features["label"].num_classes
+
+
+def folder_classes(root: str) -> list[str]:
+    """The class folder names of `root`, sorted (their index is the label)."""
+    if not os.path.isdir(root):
+        raise ValueError(f"Image folder not found: {root}")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise ValueError(f"{root} has no class folders; expected {root}/<class>/<image files>")
+    return classes
+
+
+def from_folder(
+    root: str, split: str, classes: list[str] | None = None
+) -> tuple[tf.data.Dataset, list[str]]:
+    """Images in `root/split/<class>/*` (the ImageNet layout) as (uint8 image, int label).
+
+    Args:
+        root: the data folder.
+        split: a sub-folder, e.g. `"train"` or `"val"`.
+        classes: class names in label order. Defaults to the sorted folder names of `split`.
+
+    Returns:
+        The dataset and the class names.
+    """
+    folder = os.path.join(root, split)
+    classes = classes or folder_classes(folder)
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        directory = os.path.join(folder, name)
+        if not os.path.isdir(directory):
+            continue
+        for file in sorted(os.listdir(directory)):
+            if file.lower().endswith(IMAGE_SUFFIXES):
+                paths.append(os.path.join(directory, file))
+                labels.append(label)
+    if not paths:
+        raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {folder}/<class>/")
+
+    def load(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return image, label
+
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    return dataset.map(load, num_parallel_calls=AUTOTUNE), classes
+
+
+def from_arrays(images, labels) -> tf.data.Dataset:
+    """(uint8 images `(N, H, W, 3)`, int labels `(N,)`) as a dataset."""
+    return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+def _finish(dataset: tf.data.Dataset, cache: bool, shard: tuple[int, int] | None):
+    if shard is not None:
+        dataset = dataset.shard(*shard)
+    return dataset.cache() if cache else dataset
+
+
+def train_pipeline(
+    dataset: tf.data.Dataset,
+    num_classes: int,
+    recipe: str | Recipe = "imagenet",
+    batch_size: int | None = None,
+    seed: int | None = None,
+    shuffle_buffer: int = 10_000,
+    cache: bool = False,
+    shard: tuple[int, int] | None = None,
+    **overrides,
+) -> tf.data.Dataset:
+    """Shuffled, augmented, batched training data: (normalised float32 images, soft labels).
+
+    Args:
+        dataset: (uint8 image, int label) pairs.
+        num_classes: int. Length of the label vectors.
+        recipe: `"imagenet"`, `"cifar10"` or a `Recipe`; `**overrides` replace its fields.
+        batch_size: int. Defaults to the recipe's (per replica × replicas is the caller's
+            choice under a distribution strategy).
+        seed: int. Same seed, same stream (shuffle, crops, RandAugment, erasing, mixing);
+            epochs still differ. Defaults to None (not reproducible).
+        shuffle_buffer: int. Shuffle buffer size. Defaults to 10,000.
+        cache: bool. Cache the decoded images in memory. Defaults to False.
+        shard: `(num_shards, index)`: keep one shard (one worker's part). Defaults to None.
+    """
+    recipe = get_recipe(recipe, **overrides)
+    batch_size = batch_size or recipe.batch_size
+    dataset = _finish(dataset, cache, shard)
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    transform = example_transform(recipe)
+
+    def per_example(example, seed_pair):
+        image, label = example
+        return transform(image, seed_pair), tf.one_hot(label, num_classes)
+
+    dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+        per_example, num_parallel_calls=AUTOTUNE, deterministic=seed is not None
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(BatchAugmenter(recipe, seed), num_parallel_calls=None)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def eval_pipeline(
+    dataset: tf.data.Dataset,
+    num_classes: int,
+    recipe: str | Recipe = "imagenet",
+    batch_size: int = 128,
+    cache: bool = False,
+    shard: tuple[int, int] | None = None,
+    **overrides,
+) -> tf.data.Dataset:
+    """Evaluation batches: the shorter side resized to `image_size / crop_pct` (bicubic), a
+    centred `image_size` crop, normalisation, one-hot labels; the last batch may be short."""
+    recipe = get_recipe(recipe, **overrides)
+    size = recipe.image_size
+    resize_to = int(size / recipe.crop_pct)
+
+    def transform(image, label):
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = resize_to / tf.reduce_min(shape)
+        new_shape = tf.cast(tf.math.floor(shape * scale + 1e-4), tf.int32)
+        new_shape = tf.maximum(new_shape, resize_to)
+        image = tf.cast(image, tf.float32)
+        image = tf.cond(
+            tf.reduce_all(new_shape == tf.shape(image)[:2]),
+            lambda: image,
+            lambda: tf.image.resize(image, new_shape, method="bicubic", antialias=True),
+        )
+        top = (new_shape[0] - size + 1) // 2
+        left = (new_shape[1] - size + 1) // 2
+        image = tf.clip_by_value(image[top : top + size, left : left + size], 0.0, 255.0)
+        image.set_shape((size, size, 3))
+        return normalize(image, recipe.mean, recipe.std), tf.one_hot(label, num_classes)
+
+    dataset = _finish(dataset, cache, shard).map(transform, num_parallel_calls=AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)
