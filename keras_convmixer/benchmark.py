@@ -16,6 +16,7 @@ import time
 import keras
 import numpy as np
 
+from keras_convmixer.distribute import list_devices
 from keras_convmixer.model import VARIANTS, ConvMixer
 
 GMAC_PER_IMAGE_224 = {"convmixer_1536_20": 48.68}
@@ -175,7 +176,7 @@ def machine() -> dict:
         "cpu_count": __import__("os").cpu_count(),
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
-        "devices": keras.distribution.list_devices(),
+        "devices": list_devices(),
     }
     try:
         with open("/proc/cpuinfo") as f:

@@ -168,6 +168,7 @@ def cmd_info(args) -> int:
     import numpy as np
 
     from keras_convmixer import __version__
+    from keras_convmixer.distribute import list_devices
     from keras_convmixer.pretrained import WEIGHTS, cache_dir, converted_path
 
     backend = keras.backend.backend()
@@ -175,7 +176,7 @@ def cmd_info(args) -> int:
     print(f"keras_convmixer {__version__}")
     print(f"keras {keras.__version__}, numpy {np.__version__}")
     print(f"backend {backend} ({module} {__import__(module).__version__})")
-    print(f"devices {', '.join(keras.distribution.list_devices())}")
+    print(f"devices {', '.join(list_devices())}")
     print(f"weights cache {cache_dir()}")
     for name in WEIGHTS:
         state = "cached" if os.path.exists(converted_path(name)) else "not cached"

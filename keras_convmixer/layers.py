@@ -20,7 +20,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from keras_convmixer.depthwise import depthwise_conv2d
+from keras_convmixer.kernels import batch_norm, depthwise_conv2d, pointwise_conv2d
 
 BATCH_NORM = {"epsilon": 1e-5, "momentum": 0.9}
 PACKAGE = "keras_convmixer"
@@ -113,7 +113,7 @@ class PatchEmbedding(_ConvActNorm):
         self.norm.build(self.conv.compute_output_shape(input_shape))
 
     def call(self, inputs, training=None):
-        return self.norm(self.activation(self.conv(inputs)), training=training)
+        return batch_norm(self.norm, self.activation(self.conv(inputs)), training)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -136,7 +136,7 @@ class ConvMixerBlock(_ConvActNorm):
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
         depthwise_impl: `"auto"`, `"native"` or `"shift"`. How the depthwise convolution runs;
-            all give the same numbers (see `keras_convmixer.depthwise`). Defaults to `"auto"`.
+            all give the same numbers (see `keras_convmixer.kernels`). Defaults to `"auto"`.
     """
 
     def __init__(
@@ -181,8 +181,9 @@ class ConvMixerBlock(_ConvActNorm):
             data_format=self.data_format,
             impl=self.depthwise_impl,
         )
-        x = self.depthwise_norm(self.activation(mixed), training=training) + inputs
-        return self.pointwise_norm(self.activation(self.pointwise(x)), training=training)
+        x = batch_norm(self.depthwise_norm, self.activation(mixed), training) + inputs
+        mixed = pointwise_conv2d(x, self.pointwise.kernel, self.pointwise.bias, self.data_format)
+        return batch_norm(self.pointwise_norm, self.activation(mixed), training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

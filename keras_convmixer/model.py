@@ -139,7 +139,7 @@ def ConvMixer(
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
         depthwise_impl: `"auto"`, `"native"` or `"shift"`: how depthwise convolutions run
-            (same numbers; see `keras_convmixer.depthwise`). Defaults to `"auto"`.
+            (same numbers; see `keras_convmixer.kernels`). Defaults to `"auto"`.
         name: str. Model name. Defaults to `convmixer_{dim}_{depth}`.
 
     Returns:

@@ -214,8 +214,9 @@ def set_mixed_precision(enabled: bool = True) -> None:
     if not enabled:
         keras.config.set_dtype_policy("float32")
         return
-    devices = keras.distribution.list_devices()
-    on_gpu = any(d.lower().startswith(("gpu", "cuda")) for d in devices)
+    from keras_convmixer.distribute import list_devices
+
+    on_gpu = any(d.lower().startswith(("gpu", "cuda")) for d in list_devices())
     keras.config.set_dtype_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
 
 
