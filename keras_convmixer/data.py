@@ -131,13 +131,16 @@ def train_pipeline(
         batch_size: int. Defaults to the recipe's (per replica × replicas is the caller's
             choice under a distribution strategy).
         seed: int. Same seed, same stream (shuffle, crops, RandAugment, erasing, mixing);
-            epochs still differ. Defaults to None (not reproducible).
+            epochs still differ. Also sets TensorFlow's global seed, which keras-cv's
+            RandAugment draws from. Defaults to None (not reproducible).
         shuffle_buffer: int. Shuffle buffer size. Defaults to 10,000.
         cache: bool. Cache the decoded images in memory. Defaults to False.
         shard: `(num_shards, index)`: keep one shard (one worker's part). Defaults to None.
     """
     recipe = get_recipe(recipe, **overrides)
     batch_size = batch_size or recipe.batch_size
+    if seed is not None:  # first, so that every op below derives its seeds the same way
+        tf.random.set_seed(seed)
     dataset = _finish(dataset, cache, shard)
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)

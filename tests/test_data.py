@@ -1,0 +1,154 @@
+"""Input pipelines on tfds mock data and on an image folder the test writes."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from keras_convmixer import data, training
+
+LOW = (0 - 0.485) / 0.229  # smallest normalised value (black, red channel)
+HIGH = (1 - 0.406) / 0.225  # largest (white, blue channel)
+
+
+def first_batch(dataset):
+    images, labels = next(iter(dataset))
+    return images.numpy(), labels.numpy()
+
+
+@pytest.fixture
+def cifar():
+    with tfds.testing.mock_data(num_examples=64):
+        dataset, classes = data.from_tfds("cifar10", "train")
+        yield dataset, classes
+
+
+def test_tfds_train_pipeline_shapes_ranges_and_soft_labels(cifar):
+    dataset, classes = cifar
+    assert classes == 10
+    no_erasing = data.train_pipeline(
+        dataset, classes, "imagenet", batch_size=16, seed=0, image_size=48, erasing_prob=0.0
+    )
+    images, labels = first_batch(no_erasing)
+    assert images.shape == (16, 48, 48, 3) and images.dtype == np.float32
+    assert images.min() >= LOW - 1e-4 and images.max() <= HIGH + 1e-4
+    assert labels.shape == (16, 10)
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+    assert labels.min() >= 0.1 / 10 - 1e-6  # smoothing mass ε/K on every class
+
+
+def test_label_smoothing_mass_is_exact_without_mixing(cifar):
+    dataset, classes = cifar
+    plain = data.train_pipeline(
+        dataset,
+        classes,
+        "imagenet",
+        batch_size=8,
+        seed=0,
+        image_size=32,
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+        erasing_prob=0.0,
+        randaugment_ops=0,
+    )
+    _, labels = first_batch(plain)
+    assert sorted(set(np.round(labels.ravel(), 6))) == [pytest.approx(0.01), pytest.approx(0.91)]
+    assert (np.round(labels, 6) == 0.91).sum(axis=1).tolist() == [1] * 8
+
+
+def test_mixing_makes_soft_labels(cifar):
+    dataset, classes = cifar
+    mixed = data.train_pipeline(
+        dataset, classes, "imagenet", batch_size=32, seed=0, image_size=32, label_smoothing=0.0
+    )
+    _, labels = first_batch(mixed)
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+    assert ((labels > 1e-3) & (labels < 1 - 1e-3)).any()  # some rows mix two classes
+
+
+def test_same_seed_same_stream_and_epochs_differ(cifar):
+    dataset, classes = cifar
+
+    def make():
+        return data.train_pipeline(
+            dataset, classes, "imagenet", batch_size=8, seed=7, image_size=32
+        )
+
+    a, b = make(), make()
+    first_a, first_b = first_batch(a), first_batch(b)
+    np.testing.assert_array_equal(first_a[0], first_b[0])
+    np.testing.assert_array_equal(first_a[1], first_b[1])
+    second_epoch = first_batch(a)  # a new iterator is a new epoch
+    assert np.abs(second_epoch[0] - first_a[0]).max() > 0.1
+
+
+def test_augmentation_differs_between_images_of_a_batch():
+    """The same image eight times: crops, flips and RandAugment must differ per image."""
+    image = np.asarray(
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    )
+    dataset = data.from_arrays(np.stack([image] * 8), np.zeros(8, "int64"))
+    recipe = training.get_recipe(
+        "imagenet", image_size=32, mixup_alpha=0.0, cutmix_alpha=0.0, erasing_prob=0.0
+    )
+    images, _ = first_batch(data.train_pipeline(dataset, 2, recipe, batch_size=8, seed=0))
+    distinct = {images[i].tobytes() for i in range(8)}
+    assert len(distinct) == 8
+    only_randaugment = training.get_recipe(
+        recipe, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, image_size=40
+    )
+    images, _ = first_batch(data.train_pipeline(dataset, 2, only_randaugment, batch_size=8, seed=0))
+    assert len({images[i].tobytes() for i in range(8)}) >= 6
+
+
+def test_random_erasing_probability():
+    dataset = data.from_arrays(np.full((512, 16, 16, 3), 128, np.uint8), np.zeros(512, "int64"))
+    recipe = training.get_recipe(
+        "imagenet",
+        image_size=16,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        flip=False,
+        randaugment_ops=0,
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+    )
+    images, _ = first_batch(data.train_pipeline(dataset, 2, recipe, batch_size=512, seed=0))
+    constant = (128 / 255 - np.array(recipe.mean)) / np.array(recipe.std)
+    erased = np.abs(images - constant).reshape(512, -1).max(axis=1) > 1e-4
+    assert 0.17 < erased.mean() < 0.33  # p = 0.25
+
+
+def test_image_folder_and_eval_pipeline(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name, value in (("cat", 40), ("dog", 200)):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i in range(3):
+                pixels = np.full((30 + i, 50, 3), value, np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    dataset, classes = data.from_folder(str(tmp_path), "train")
+    assert classes == ["cat", "dog"]
+    labels = [int(label) for _, label in dataset]
+    assert sorted(labels) == [0, 0, 0, 1, 1, 1]
+    val, _ = data.from_folder(str(tmp_path), "val", classes)
+    batches = list(data.eval_pipeline(val, 2, "imagenet", batch_size=4, image_size=24))
+    images = np.concatenate([b[0].numpy() for b in batches])
+    onehot = np.concatenate([b[1].numpy() for b in batches])
+    assert images.shape == (6, 24, 24, 3) and onehot.shape == (6, 2)
+    expected_cat = (40 / 255 - 0.485) / 0.229
+    np.testing.assert_allclose(images[0, ..., 0], expected_cat, atol=1e-3)
+    with pytest.raises(ValueError, match="Image folder not found"):
+        data.from_folder(str(tmp_path), "test")
+    assert rng is not None
+
+
+def test_pipeline_runs_rng_free_ops_only_in_tf_graph(cifar):
+    dataset, classes = cifar
+    pipeline = data.train_pipeline(dataset, classes, "cifar10", batch_size=4, seed=1)
+    assert isinstance(pipeline, tf.data.Dataset)
+    images, labels = first_batch(pipeline)
+    assert images.shape == (4, 32, 32, 3) and labels.shape == (4, 10)

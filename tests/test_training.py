@@ -1,0 +1,141 @@
+"""Recipes, schedule, optimizer, fine-tuning helpers, resumable training, and learning real data."""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, to_numpy
+from digits import digits_32
+
+import keras_convmixer
+from keras_convmixer import data, training
+
+
+def test_one_cycle_values():
+    lr, total = 0.01, 1000
+    schedule = training.OneCycle(lr, total)
+    points = {
+        0: 0.0,
+        200: lr / 2,
+        400: lr,
+        600: (lr + lr / 20) / 2,
+        800: lr / 20,
+        900: lr / 40,
+        1000: 0.0,
+        1200: 0.0,
+    }
+    for step, expected in points.items():
+        assert float(to_numpy(schedule(step))) == pytest.approx(expected, abs=1e-9), step
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert isinstance(restored, training.OneCycle)
+    assert restored.get_config() == {"max_lr": lr, "total_steps": total}
+    assert float(to_numpy(restored(400))) == pytest.approx(lr)
+
+
+def test_recipes_hold_the_published_hyperparameters():
+    imagenet = training.RECIPES["imagenet"]
+    assert (imagenet.lr, imagenet.adam_epsilon, imagenet.weight_decay) == (0.01, 1e-3, 2e-5)
+    assert (imagenet.mixup_alpha, imagenet.cutmix_alpha, imagenet.erasing_prob) == (0.5, 0.5, 0.25)
+    assert (imagenet.label_smoothing, imagenet.clipnorm, imagenet.epochs) == (0.1, 1.0, 150)
+    cifar = training.RECIPES["cifar10"]
+    assert (cifar.batch_size, cifar.lr, cifar.weight_decay, cifar.epochs) == (512, 0.05, 0.005, 25)
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        training.get_recipe("mnist")
+    with pytest.raises(ValueError, match=r"Unknown recipe fields \['learning_rate'\]"):
+        training.get_recipe("cifar10", learning_rate=1.0)
+
+
+def test_weight_decay_excludes_biases_and_norm_parameters():
+    model = keras_convmixer.ConvMixer(8, 1, 3, 2, classes=3)
+    optimizer = training.make_optimizer(training.RECIPES["imagenet"], total_steps=10)
+    optimizer.build(model.trainable_variables)
+    decayed = {v.path for v in model.trainable_variables if optimizer._use_weight_decay(v)}
+    assert decayed == {
+        "stem/conv/kernel",
+        "block_0/depthwise/kernel",
+        "block_0/pointwise/kernel",
+        "predictions/kernel",
+    }
+    assert optimizer.epsilon == 1e-3 and optimizer.global_clipnorm == 1.0
+    everything = training.make_optimizer(training.RECIPES["cifar10"], total_steps=10)
+    everything.build(model.trainable_variables)
+    assert all(everything._use_weight_decay(v) for v in model.trainable_variables)
+
+
+def test_freeze_backbone_and_first_blocks():
+    model = keras_convmixer.ConvMixer(8, 4, 3, 2, classes=3)
+    training.freeze(model, blocks=2)
+    trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
+    assert trainable == {"block_2", "block_3", "predictions"}
+    training.freeze(model)
+    assert {v.path.split("/")[0] for v in model.trainable_variables} == {"predictions"}
+    with pytest.raises(ValueError, match=r"blocks must be an integer in \[0, 4\]"):
+        training.freeze(model, blocks=5)
+
+
+def test_compile_for_recipe_sets_the_schedule_and_loss():
+    model = keras_convmixer.ConvMixer(8, 1, 3, 2, classes=10)
+    recipe = training.compile_for_recipe(model, "cifar10", steps_per_epoch=7, epochs=2)
+    assert recipe.epochs == 2
+    schedule = model.optimizer.learning_rate if hasattr(model.optimizer, "_learning_rate") else None
+    assert isinstance(model.optimizer._learning_rate, training.OneCycle)
+    assert model.optimizer._learning_rate.total_steps == 14 and schedule is not None
+    with pytest.raises(ValueError, match="steps_per_epoch must be ≥ 1"):
+        training.compile_for_recipe(model, "cifar10", steps_per_epoch=0)
+
+
+def _tiny_fit(output_dir, epochs, interrupt_at=None):
+    keras.utils.set_random_seed(1)
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(32) % 3, 3)
+    model = keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3)
+    training.compile_for_recipe(model, "cifar10", steps_per_epoch=4, epochs=3, batch_size=8)
+    callbacks = training.make_callbacks(output_dir)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == interrupt_at:
+                raise KeyboardInterrupt
+
+    if interrupt_at is not None:
+        callbacks.append(Interrupt())
+    model.fit(x, y, batch_size=8, epochs=epochs, shuffle=False, callbacks=callbacks, verbose=0)
+    return model
+
+
+def test_backup_and_restore_resumes_to_the_same_weights(tmp_path):
+    straight = _tiny_fit(str(tmp_path / "straight"), epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_fit(str(tmp_path / "resumed"), epochs=3, interrupt_at=0)
+    resumed = _tiny_fit(str(tmp_path / "resumed"), epochs=3)
+    for a, b in zip(straight.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    log = (tmp_path / "resumed" / "log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == ["0", "1", "2"]
+    assert (tmp_path / "straight" / "checkpoint.weights.h5").exists()
+
+
+def test_learns_real_digits_through_the_pipeline():
+    """scikit-learn's digits, upsampled to 32×32, through our pipeline and recipe."""
+    x_train, y_train, x_val, y_val = digits_32()
+    recipe = training.get_recipe(
+        "cifar10",
+        flip=False,
+        randaugment_magnitude=0.2,
+        batch_size=64,
+        epochs=6,
+        lr=0.01,
+        mixed_precision=False,
+    )
+    train = data.train_pipeline(data.from_arrays(x_train, y_train), 10, recipe, seed=0)
+    val = data.eval_pipeline(data.from_arrays(x_val, y_val), 10, recipe, batch_size=128)
+    keras.utils.set_random_seed(0)
+    model = keras_convmixer.ConvMixer(64, 4, kernel_size=5, patch_size=2, classes=10)
+    training.compile_for_recipe(model, recipe, steps_per_epoch=len(x_train) // 64)
+    history = model.fit(train, epochs=recipe.epochs, validation_data=val, verbose=0)
+    accuracy = history.history["val_accuracy"][-1]
+    print(f"{BACKEND}: digits held-out accuracy {accuracy:.4f}", file=sys.stderr)
+    assert accuracy >= 0.95
+    assert os.environ.get("KERAS_BACKEND", BACKEND) == BACKEND
