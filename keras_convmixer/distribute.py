@@ -1,8 +1,47 @@
-"""Placeholder: filled in by the distribution work."""
+"""Data-parallel training on several devices or machines with the engines that exist:
+`tf.distribute` on TensorFlow, `keras.distribution` (+ `jax.distributed`) on JAX.
+
+```python
+setup = keras_convmixer.distribute.setup()          # "auto": decided by backend and environment
+with setup.scope():
+    model = keras_convmixer.ConvMixer256_8()
+    keras_convmixer.training.compile_for_recipe(model, "cifar10", steps_per_epoch=...)
+batch = setup.global_batch(per_replica=128)
+model.fit(train_dataset, callbacks=make_callbacks(setup.write_dir(out)))
+```
+
+Feed `fit` a `tf.data.Dataset` batched with the *global* batch: both engines shard it
+themselves (TensorFlow's auto-sharding across workers and replicas; Keras' `DataParallel`
+re-batches it to the per-process batch and gives each JAX process its slice).
+
+* TensorFlow: `MirroredStrategy` over all GPUs (or all logical CPUs, for tests) when there
+  are several; `MultiWorkerMirroredStrategy` when `TF_CONFIG` describes a cluster of several
+  workers; the default strategy otherwise. Keras 3's `fit` does not run under
+  `MultiWorkerMirroredStrategy` (keras-team/keras#20585: its eager build step reduces the
+  distributed batch, then its log reduction fails on scalars); the strategy is set up (for
+  custom training loops) with a warning. Train on several machines with the JAX backend.
+  Under a TensorFlow strategy with several replicas, models built in `scope()` use
+  synchronized BatchNorm, so the statistics are those of the global batch, as on one device,
+  and `training.AdamW` clips by the norm of the global gradient.
+* JAX: `keras.distribution.DataParallel` over every device (of every process, after
+  `jax.distributed.initialize()` when `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and
+  `JAX_PROCESS_ID` are set). The step runs on the global batch, so BatchNorm sees all of it.
+* PyTorch: Keras has no distribution API for the torch backend; asking for more than one
+  device is an error that says to use the TensorFlow or JAX backend for multi-GPU `fit`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
+import os
+import warnings
+
 import keras
+
+MODES = ("auto", "none", "mirrored", "multi-worker", "data-parallel")
+JAX_COORDINATOR_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
 def list_devices() -> list[str]:
@@ -14,3 +53,184 @@ def list_devices() -> list[str]:
             return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         return ["cpu:0"]
     return keras.distribution.list_devices()
+
+
+@dataclasses.dataclass
+class Setup:
+    """What `setup()` chose, and the helpers that depend on it."""
+
+    mode: str
+    replicas: int
+    num_workers: int = 1
+    worker_index: int = 0
+    strategy: object | None = None  # the tf.distribute strategy, on TensorFlow
+
+    @property
+    def is_chief(self) -> bool:
+        return self.worker_index == 0
+
+    def scope(self):
+        """Build and compile models inside this context."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def global_batch(self, per_replica: int) -> int:
+        """Per-replica batch × replicas (each worker feeds global batches on TensorFlow)."""
+        if per_replica < 1:
+            raise ValueError(f"per_replica must be ≥ 1. Received: per_replica={per_replica}")
+        return per_replica * self.replicas
+
+    def check_batch(self, batch_size: int) -> int:
+        """Raises unless `batch_size` splits evenly over the replicas (JAX requires it)."""
+        if batch_size % self.replicas:
+            raise ValueError(
+                f"batch_size must be divisible by the {self.replicas} replicas. "
+                f"Received: batch_size={batch_size}"
+            )
+        return batch_size
+
+    def scale_lr(self, lr: float, base_batch: int, batch_size: int) -> float:
+        """Linear scaling rule: `lr × batch_size / base_batch`."""
+        return lr * batch_size / base_batch
+
+    def write_dir(self, path: str) -> str:
+        """Where this worker writes checkpoints: `path` on the chief, a private scratch folder
+        on the others (their files are throw-away copies)."""
+        if self.is_chief:
+            return path
+        return os.path.join(path, "workers", f"worker_{self.worker_index}")
+
+
+def _torch_setup(mode: str) -> Setup:
+    count = len(list_devices())
+    if mode in ("mirrored", "multi-worker", "data-parallel"):
+        raise ValueError(
+            f"distribute={mode!r} is not available on the torch backend: Keras has no "
+            "distribution API for PyTorch. Use KERAS_BACKEND=tensorflow (mirrored, "
+            "multi-worker) or KERAS_BACKEND=jax (data-parallel) for multi-GPU training."
+        )
+    if count > 1:
+        warnings.warn(
+            f"{count} GPUs found, but the torch backend trains on one: use the TensorFlow or "
+            "JAX backend to train on all of them.",
+            stacklevel=3,
+        )
+    return Setup("none", 1)
+
+
+def _tensorflow_setup(mode: str) -> Setup:
+    import tensorflow as tf
+
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    workers = len(cluster.get("cluster", {}).get("worker", []))
+    if mode == "auto":
+        if workers > 1:
+            mode = "multi-worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            mode = "mirrored"
+        else:
+            mode = "none"
+    if mode == "none":
+        return Setup("none", 1, strategy=tf.distribute.get_strategy())
+    if mode == "multi-worker":
+        warnings.warn(
+            "Keras 3's model.fit does not run under MultiWorkerMirroredStrategy "
+            "(keras-team/keras#20585); use it in a custom training loop, or train on several "
+            "machines with KERAS_BACKEND=jax (jax.distributed).",
+            stacklevel=3,
+        )
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        resolver = strategy.cluster_resolver
+        return Setup(
+            mode,
+            strategy.num_replicas_in_sync,
+            num_workers=max(workers, 1),
+            worker_index=resolver.task_id if resolver.task_type == "worker" else 0,
+            strategy=strategy,
+        )
+    if mode == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+        return Setup(mode, strategy.num_replicas_in_sync, strategy=strategy)
+    raise ValueError(
+        "distribute='data-parallel' is the JAX backend's; on TensorFlow use 'mirrored' or "
+        "'multi-worker'."
+    )
+
+
+def _jax_setup(mode: str) -> Setup:
+    import jax
+
+    if all(os.environ.get(v) for v in JAX_COORDINATOR_VARIABLES) and not _jax_initialized():
+        if jax.config.jax_platforms in (None, "", "cpu") and not _has_accelerator():
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    if mode in ("mirrored", "multi-worker"):
+        raise ValueError(
+            f"distribute={mode!r} is TensorFlow's; on JAX use 'data-parallel' (it spans "
+            "every process that jax.distributed knows)."
+        )
+    devices = jax.devices()
+    if mode == "auto":
+        mode = "data-parallel" if len(devices) > 1 else "none"
+    if mode == "none":
+        keras.distribution.set_distribution(None)
+        return Setup("none", 1)
+    distribution = keras.distribution.DataParallel(
+        devices=[f"{d.platform}:{d.id}" for d in devices]
+    )
+    keras.distribution.set_distribution(distribution)
+    return Setup(
+        "data-parallel",
+        len(devices),
+        num_workers=jax.process_count(),
+        worker_index=jax.process_index(),
+    )
+
+
+def _has_accelerator() -> bool:
+    import importlib.util
+
+    return any(
+        importlib.util.find_spec(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")
+    )
+
+
+def _jax_initialized() -> bool:
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
+
+
+def setup(mode: str = "auto") -> Setup:
+    """Chooses and installs the distribution for the current backend and environment.
+
+    Args:
+        mode: `"auto"`, `"none"`, `"mirrored"` / `"multi-worker"` (TensorFlow) or
+            `"data-parallel"` (JAX). Defaults to `"auto"`.
+
+    Returns:
+        A `Setup`: build and compile in `setup.scope()`; `setup.replicas`,
+        `setup.global_batch(per_replica)`, `setup.write_dir(path)`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"distribute must be one of {MODES}. Received: distribute={mode!r}")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow_setup(mode)
+    if backend == "jax":
+        return _jax_setup(mode)
+    return _torch_setup(mode)
+
+
+def sync_batch_norm() -> bool:
+    """Whether new BatchNorm layers should synchronise statistics across replicas: under a
+    TensorFlow strategy with more than one replica."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1

@@ -20,6 +20,7 @@ from typing import Any
 import keras
 from keras import layers
 
+from keras_convmixer.distribute import sync_batch_norm
 from keras_convmixer.kernels import batch_norm, depthwise_conv2d, pointwise_conv2d
 
 BATCH_NORM = {"epsilon": 1e-5, "momentum": 0.9}
@@ -69,8 +70,13 @@ class _ConvActNorm(layers.Layer):
         self.channel_axis = -1 if self.data_format == "channels_last" else 1
 
     def _norm(self, name: str) -> layers.BatchNormalization:
+        # Synchronised across replicas under a TensorFlow strategy: global-batch statistics.
         return layers.BatchNormalization(
-            axis=self.channel_axis, dtype=self.dtype_policy, name=name, **BATCH_NORM
+            axis=self.channel_axis,
+            dtype=self.dtype_policy,
+            synchronized=sync_batch_norm(),
+            name=name,
+            **BATCH_NORM,
         )
 
     def get_config(self) -> dict:

@@ -1,0 +1,178 @@
+"""Distribution: each strategy trains to the same weights as one device with the same global
+batch. Each run is its own process (devices are configured before the backend starts); each
+backend's pytest session runs the cases of that backend."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import BACKEND
+
+import keras_convmixer
+from keras_convmixer import distribute
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "dist_worker.py")
+TIMEOUT = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_worker(backend, mode, initial, out, *extra, env=None):
+    environment = {**os.environ, "KERAS_BACKEND": backend, **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, WORKER, mode, str(initial), str(out), *map(str, extra)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(processes):
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=TIMEOUT)[0])
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    return outputs
+
+
+def max_difference(a, b) -> float:
+    with np.load(a) as x, np.load(b) as y:
+        return max(float(np.abs(x[k] - y[k]).max()) for k in x.files)
+
+
+@pytest.fixture
+def initial(tmp_path):
+    path = tmp_path / "initial.weights.h5"
+    keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3).save_weights(path)
+    return path
+
+
+@pytest.fixture
+def single(tmp_path, initial):
+    out = tmp_path / "single.npz"
+    finish([run_worker(BACKEND, "none", initial, out)])
+    return out
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
+def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path, initial, single):
+    out = tmp_path / "mirrored.npz"
+    (log,) = finish([run_worker("tensorflow", "mirrored", initial, out, 2)])
+    assert "mode=mirrored replicas=2" in log
+    difference = max_difference(single, out)
+    print(f"MirroredStrategy (2 logical CPUs) vs one device: {difference:.2e}", file=sys.stderr)
+    assert difference <= 1e-5
+
+
+CLUSTER_CHECK = """
+import tensorflow as tf
+from keras_convmixer import distribute
+setup = distribute.setup()
+value = setup.strategy.run(lambda: tf.constant(float(setup.worker_index + 1)))
+total = setup.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+print(f"mode={setup.mode} replicas={setup.replicas} workers={setup.num_workers} sum={float(total)}")
+"""
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
+def test_two_local_tensorflow_workers_form_a_cluster():
+    """Two processes with TF_CONFIG on loopback ports all-reduce across workers. (Keras 3's
+    fit does not run under this strategy: keras-team/keras#20585; JAX covers multi-host fit.)"""
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLUSTER_CHECK],
+            env={
+                **os.environ,
+                "KERAS_BACKEND": "tensorflow",
+                "TF_CONFIG": json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": i}}
+                ),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = finish(workers)
+    assert all("mode=multi-worker replicas=2 workers=2 sum=3.0" in log for log in logs), logs
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.distributed: JAX backend")
+def test_two_jax_processes_train_like_one(tmp_path, initial, single):
+    """Two processes joined by jax.distributed (CPU collectives over gloo) on loopback."""
+    port = free_port()
+    workers = [
+        run_worker(
+            "jax",
+            "auto",
+            initial,
+            tmp_path / f"process{i}.npz",
+            env={
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+            },
+        )
+        for i in range(2)
+    ]
+    logs = finish(workers)
+    assert all("mode=data-parallel replicas=2 workers=2" in log for log in logs)
+    assert max_difference(tmp_path / "process0.npz", tmp_path / "process1.npz") == 0.0
+    difference = max_difference(single, tmp_path / "process0.npz")
+    print(f"JAX two processes vs one process: {difference:.2e}", file=sys.stderr)
+    assert difference <= 1e-5
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution: JAX backend")
+def test_jax_data_parallel_on_two_cpu_devices_matches_one_device(tmp_path, initial, single):
+    out = tmp_path / "data_parallel.npz"
+    flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    (log,) = finish([run_worker("jax", "auto", initial, out, env=flags)])
+    assert "mode=data-parallel replicas=2" in log
+    difference = max_difference(single, out)
+    print(f"JAX DataParallel (2 CPU devices) vs one device: {difference:.2e}", file=sys.stderr)
+    assert difference <= 1e-5
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch backend's message")
+def test_torch_backend_says_to_use_tensorflow_or_jax():
+    for mode in ("mirrored", "multi-worker", "data-parallel"):
+        with pytest.raises(
+            ValueError, match="not available on the torch backend.*KERAS_BACKEND=jax"
+        ):
+            distribute.setup(mode)
+    assert distribute.setup("auto").replicas == 1
+
+
+def test_setup_helpers():
+    setup = distribute.setup("none")
+    assert setup.replicas == 1 and setup.is_chief
+    assert setup.global_batch(64) == 64
+    assert setup.scale_lr(0.01, 640, 1280) == pytest.approx(0.02)
+    two = distribute.Setup("mirrored", 2, worker_index=1, num_workers=2)
+    assert two.global_batch(64) == 128 and not two.is_chief
+    assert two.write_dir("/out") == "/out/workers/worker_1"
+    with pytest.raises(ValueError, match="batch_size must be divisible by the 2 replicas"):
+        two.check_batch(7)
+    with pytest.raises(ValueError, match="distribute must be one of"):
+        distribute.setup("horovod")
