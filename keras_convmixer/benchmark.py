@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from keras_convmixer.distribute import list_devices
-from keras_convmixer.model import VARIANTS, ConvMixer
+from keras_convmixer.model import ConvMixer, variant_from_name
 
 GMAC_PER_IMAGE_224 = {"convmixer_1536_20": 48.68}
 
@@ -35,7 +35,7 @@ class Result:
 
 def macs_per_image(variant: str, image_size: int) -> float:
     """Multiply-accumulates of one forward pass (convolutions and the head)."""
-    v = VARIANTS[variant]
+    v = variant_from_name(variant)
     side = image_size // v.patch_size
     positions = side * side
     stem = positions * v.dim * 3 * v.patch_size**2
@@ -87,7 +87,7 @@ def peak_memory_mb() -> float:
 def keras_results(
     variant: str, batch: int, image_size: int, modes, warmup: int, repeats: int, jit_compile
 ) -> list[Result]:
-    v = VARIANTS[variant]
+    v = variant_from_name(variant)
     model = ConvMixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, classes=v.classes)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, image_size, image_size, 3)).astype("float32")
@@ -125,7 +125,7 @@ def timm_results(
     import timm
     import torch
 
-    v = VARIANTS[variant]
+    v = variant_from_name(variant)
     act = torch.nn.ReLU if v.activation == "relu" else torch.nn.GELU
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = timm.models.convmixer.ConvMixer(

@@ -7,13 +7,18 @@ choose its backend. Errors a user can cause print one line and exit with status 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from importlib import resources
 
 BACKENDS = ("tensorflow", "jax", "torch")
-MODELS = ("convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20", "convmixer_256_8")
+MODEL_HELP = (
+    "convmixer_1536_20, convmixer_768_32, convmixer_1024_20, convmixer_256_8, or any "
+    "convmixer_DIM_DEPTH[_kKERNEL][_pPATCH][_relu]"
+)
+MODES_DISTRIBUTE = ("auto", "none", "mirrored", "multi-worker", "data-parallel")
 
 
 class UserError(Exception):
@@ -28,13 +33,11 @@ def _existing_file(path: str) -> str:
 
 def build_model(name: str, weights: str | None, **kwargs):
     """The named variant with `weights` ("imagenet", a path, or None)."""
-    from keras_convmixer.model import VARIANTS, ConvMixer
+    from keras_convmixer.model import ConvMixer, variant_from_name
 
-    if name not in VARIANTS:
-        raise UserError(f"unknown model {name!r}; choose from {', '.join(VARIANTS)}")
+    v = variant_from_name(name)
     if weights not in (None, "imagenet"):
         _existing_file(weights)
-    v = VARIANTS[name]
     kwargs.setdefault("classes", v.classes)
     return ConvMixer(
         v.dim,
@@ -134,8 +137,6 @@ def cmd_benchmark(args) -> int:
 
     from keras_convmixer import benchmark
 
-    if args.model not in MODELS:
-        raise UserError(f"unknown model {args.model!r}; choose from {', '.join(MODELS)}")
     keras.config.set_dtype_policy(args.dtype_policy)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     modes = ("inference", "train") if args.mode == "both" else (args.mode,)
@@ -163,6 +164,133 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def load_data(args, split: str, recipe):
+    """(tf.data dataset of uint8 images and int labels, class names or a class count)."""
+    from keras_convmixer import data
+
+    if args.tfds:
+        return data.from_tfds(
+            args.tfds, split, data_dir=args.tfds_data_dir, manual_dir=args.manual_dir
+        )
+    if not args.data_dir:
+        raise UserError("give the data with --tfds NAME or --data-dir DIR")
+    classes = _read_classes(args)
+    return data.from_folder(args.data_dir, split, classes)
+
+
+def _read_classes(args) -> list[str] | None:
+    path = getattr(args, "classes_file", None)
+    if not path:
+        return None
+    with open(_existing_file(path)) as f:
+        return json.load(f)
+
+
+def _class_count(classes) -> int:
+    return classes if isinstance(classes, int) else len(classes)
+
+
+def recipe_from_args(args):
+    from keras_convmixer.training import Recipe, get_recipe
+
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Recipe)
+        if getattr(args, f.name, None) is not None
+    }
+    return get_recipe(args.recipe, **overrides)
+
+
+def classifier_model(name: str, weights: str | None, classes: int, image_size: int):
+    """The variant with a `classes`-way head; pretrained weights load into the backbone when
+    the class count differs from theirs."""
+    import keras
+
+    input_shape = (image_size, image_size, 3)
+    if weights is None or classes == 1000:
+        return build_model(name, weights, classes=classes, input_shape=input_shape)
+    backbone = build_model(name, weights, include_top=False, pooling="avg", input_shape=input_shape)
+    outputs = keras.layers.Dense(
+        classes, activation="softmax", dtype="float32", name="predictions"
+    )(backbone.output)
+    return keras.Model(backbone.input, outputs, name=name)
+
+
+def cmd_train(args) -> int:
+    import keras
+
+    from keras_convmixer import data, distribute, training
+
+    recipe = recipe_from_args(args)
+    if args.seed is not None:
+        keras.utils.set_random_seed(args.seed)
+    training.set_mixed_precision(recipe.mixed_precision)
+    setup = distribute.setup(args.distribute)
+    batch = setup.check_batch(recipe.batch_size)
+    train_source, classes = load_data(args, args.train_split, recipe)
+    val_source, _ = load_data(args, args.val_split or _default_val_split(args), recipe)
+    count = _class_count(classes)
+    train = data.train_pipeline(train_source, count, recipe, batch_size=batch, seed=args.seed)
+    val = data.eval_pipeline(val_source, count, recipe, batch_size=batch)
+    steps = args.steps_per_epoch or int(train.cardinality())
+    if steps < 1:
+        raise UserError("the number of training batches is unknown: pass --steps-per-epoch")
+    with setup.scope():
+        model = classifier_model(args.model, args.weights, count, recipe.image_size)
+        training.compile_for_recipe(model, recipe, steps_per_epoch=steps)
+    output = setup.write_dir(args.output)
+    model.fit(
+        train.repeat() if args.steps_per_epoch else train,
+        epochs=recipe.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        validation_data=val,
+        callbacks=training.make_callbacks(output),
+        verbose=2,
+    )
+    results = model.evaluate(val, return_dict=True, verbose=0)
+    if setup.is_chief:
+        model.save(os.path.join(output, "model.keras"))
+        model.save_weights(os.path.join(output, "model.weights.h5"))
+        if not isinstance(classes, int):
+            with open(os.path.join(output, "classes.json"), "w") as f:
+                json.dump(list(classes), f)
+    print(f"held-out accuracy: {results['accuracy']:.4f}")
+    return 0
+
+
+def _default_val_split(args) -> str:
+    if args.data_dir:
+        return "val"
+    return {"imagenet2012": "validation", "imagenette": "validation"}.get(args.tfds, "test")
+
+
+def cmd_evaluate(args) -> int:
+    import keras
+
+    from keras_convmixer import data
+
+    recipe = recipe_from_args(args)
+    source, classes = load_data(args, args.split or _default_val_split(args), recipe)
+    count = _class_count(classes)
+    if args.weights.endswith(".keras"):
+        model = keras.models.load_model(_existing_file(args.weights))
+    else:
+        model = classifier_model(args.model, args.weights, count, recipe.image_size)
+    if model.output_shape[-1] != count:
+        raise UserError(f"the model has {model.output_shape[-1]} classes, the data {count}")
+    model.compile(
+        loss="categorical_crossentropy",
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="top1"),
+            keras.metrics.TopKCategoricalAccuracy(min(5, count), name="top5"),
+        ],
+    )
+    batches = data.eval_pipeline(source, count, recipe, batch_size=args.batch_size or 64)
+    results = model.evaluate(batches, return_dict=True, verbose=1)
+    print(f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}")
+    return 0
+
+
 def cmd_info(args) -> int:
     import keras
     import numpy as np
@@ -184,6 +312,26 @@ def cmd_info(args) -> int:
     return 0
 
 
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `Recipe` field (`--lr`, `--weight-decay`, …); unset flags keep the recipe's."""
+    from keras_convmixer.training import RECIPES, Recipe
+
+    group = parser.add_argument_group("recipe (defaults: the chosen --recipe's values)")
+    imagenet, cifar = RECIPES["imagenet"], RECIPES["cifar10"]
+    for field in dataclasses.fields(Recipe):
+        flag = "--" + field.name.replace("_", "-")
+        defaults = f"imagenet {getattr(imagenet, field.name)}, cifar10 {getattr(cifar, field.name)}"
+        if field.type in ("bool",):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=defaults)
+        elif field.type.startswith("tuple"):
+            group.add_argument(
+                flag, type=float, nargs=len(getattr(imagenet, field.name)), help=defaults
+            )
+        else:
+            kind = int if field.type == "int" else float
+            group.add_argument(flag, type=kind, help=defaults)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="keras-convmixer", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -194,7 +342,7 @@ def parser() -> argparse.ArgumentParser:
         "predict", parents=[common], help="classify images (default: a bundled cat photo)"
     )
     p.add_argument("images", nargs="*", help="image files; none: the bundled sample photo")
-    p.add_argument("--model", default="convmixer_1536_20", help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
     p.add_argument("--weights", default="imagenet", help="'imagenet' or a weights file")
     p.add_argument("--top", type=int, default=5, help="classes to show per image")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -203,12 +351,38 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", parents=[common], help="convert a timm/PyTorch checkpoint")
     p.add_argument("checkpoint", help=".safetensors, .pth, .pth.tar or .bin")
     p.add_argument("output", help="the Keras .weights.h5 to write")
-    p.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--compare-timm", action="store_true", help="report max logit deviation vs timm")
     p.set_defaults(run=cmd_convert)
 
+    data_args = argparse.ArgumentParser(add_help=False)
+    data_args.add_argument("--tfds", help="a TensorFlow Datasets name, e.g. cifar10")
+    data_args.add_argument("--tfds-data-dir", help="where tfds keeps its data")
+    data_args.add_argument("--manual-dir", help="manually downloaded archives (imagenet2012)")
+    data_args.add_argument("--data-dir", help="an image folder: DIR/<split>/<class>/*.jpg")
+    data_args.add_argument("--classes-file", help="JSON list of class names (label order)")
+    data_args.add_argument("--recipe", default="imagenet", choices=("imagenet", "cifar10"))
+    add_recipe_flags(data_args)
+
+    p = sub.add_parser("train", parents=[common, data_args], help="train or fine-tune")
+    p.add_argument("--model", default="convmixer_256_8", help=MODEL_HELP)
+    p.add_argument("--weights", help="start from 'imagenet' or a weights file")
+    p.add_argument("--output", required=True, help="folder for checkpoints, logs and the model")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", help="default: val (folders), test or validation (tfds)")
+    p.add_argument("--distribute", default="auto", choices=MODES_DISTRIBUTE)
+    p.add_argument("--steps-per-epoch", type=int, help="needed when the data size is unknown")
+    p.add_argument("--seed", type=int, help="reproducible run")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[common, data_args], help="top-1 / top-5 accuracy")
+    p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
+    p.add_argument("--weights", default="imagenet", help="'imagenet', a weights file or a .keras")
+    p.add_argument("--split", help="default: val (folders), test or validation (tfds)")
+    p.set_defaults(run=cmd_evaluate)
+
     p = sub.add_parser("benchmark", parents=[common], help="throughput, optionally beside timm")
-    p.add_argument("--model", default="convmixer_768_32", help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--model", default="convmixer_768_32", help=MODEL_HELP)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument(

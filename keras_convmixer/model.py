@@ -7,6 +7,7 @@ Reference: [Patches Are All You Need?](https://arxiv.org/abs/2201.09792)
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import keras
 import numpy as np
@@ -46,6 +47,24 @@ VARIANTS: dict[str, Variant] = {
         256, 8, kernel_size=5, patch_size=2, activation="gelu", classes=10, image_size=32
     ),
 }
+
+
+MODEL_NAME = re.compile(r"convmixer_(\d+)_(\d+)(?:_k(\d+))?(?:_p(\d+))?(?:_(gelu|relu))?")
+
+
+def variant_from_name(name: str) -> Variant:
+    """A named variant, or one spelled `convmixer_{dim}_{depth}[_k{kernel}][_p{patch}][_relu]`
+    (kernel 9, patch 7 and GELU by default), e.g. `convmixer_256_8_k5_p2`."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    match = MODEL_NAME.fullmatch(name)
+    if not match:
+        raise ValueError(
+            f"Unknown model {name!r}: use one of {', '.join(VARIANTS)} or "
+            "convmixer_DIM_DEPTH[_kKERNEL][_pPATCH][_relu]"
+        )
+    dim, depth, kernel, patch, activation = match.groups()
+    return Variant(int(dim), int(depth), int(kernel or 9), int(patch or 7), activation or "gelu")
 
 
 def find_variant(dim, depth, kernel_size, patch_size, activation=None) -> str | None:
