@@ -1,0 +1,166 @@
+"""The command line, through subprocesses, on the session's backend."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import BACKEND, timm_convmixer
+from digits import digits_32
+from PIL import Image
+
+TINY = "convmixer_16_2_k3_p2"
+
+
+def cli(*args, env=None, timeout=600):
+    environment = {**os.environ, "KERAS_BACKEND": BACKEND, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "keras_convmixer", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_user_error(result, message):
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("keras-convmixer:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file(timm_convmixer(16, 2, 3, 2, classes=1000, seed=5).state_dict(), str(path))
+    return str(path)
+
+
+def test_info():
+    result = cli("info")
+    assert result.returncode == 0, result.stderr
+    assert f"backend {BACKEND}" in result.stdout and "weights cache" in result.stdout
+
+
+def test_predict_classifies_the_bundled_photo(tiny_checkpoint):
+    result = cli("predict", "--model", TINY, "--weights", tiny_checkpoint)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("sample_cat.png")
+    assert [line.split(".")[0].strip() for line in lines[1:6]] == ["1", "2", "3", "4", "5"]
+    as_json = cli("predict", "--model", TINY, "--weights", tiny_checkpoint, "--json", "--top", "3")
+    rows = next(iter(json.loads(as_json.stdout).values()))
+    assert len(rows) == 3 and rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
+    assert all(row["wnid"].startswith("n") for row in rows)
+
+
+def test_convert_writes_keras_weights_with_the_same_outputs(tiny_checkpoint, tmp_path):
+    out = tmp_path / "tiny.weights.h5"
+    result = cli("convert", tiny_checkpoint, str(out), "--model", TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"wrote {out}  sha256 " in result.stdout
+    import keras_convmixer
+
+    a = keras_convmixer.ConvMixer(16, 2, 3, 2, weights=tiny_checkpoint, classifier_activation=None)
+    b = keras_convmixer.ConvMixer(16, 2, 3, 2, weights=str(out), classifier_activation=None)
+    x = np.random.default_rng(0).normal(size=(1, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(a.predict(x, verbose=0)), np.asarray(b.predict(x, verbose=0)), atol=1e-6
+    )
+
+
+def test_user_errors_print_one_line(tmp_path, tiny_checkpoint):
+    assert_user_error(cli("predict", str(tmp_path / "missing.jpg")), "no such file")
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    assert_user_error(
+        cli("predict", str(broken), "--weights", tiny_checkpoint), "cannot read image"
+    )
+    assert_user_error(cli("predict", "--model", "resnet50"), "Unknown model 'resnet50'")
+    offline = cli(
+        "predict",
+        "--model",
+        "convmixer_768_32",
+        env={"HF_ENDPOINT": "http://127.0.0.1:9", "KERAS_HOME": str(tmp_path)},
+    )
+    assert_user_error(offline, "--weights PATH")
+    assert "HF_ENDPOINT" in offline.stderr
+    assert_user_error(
+        cli("train", "--output", str(tmp_path)), "give the data with --tfds NAME or --data-dir DIR"
+    )
+    assert_user_error(
+        cli("convert", str(tmp_path / "x.safetensors"), "o.weights.h5", "--model", TINY),
+        "no such file",
+    )
+
+
+def test_benchmark_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = cli(
+        "benchmark",
+        "--model",
+        TINY,
+        "--image-size",
+        "32",
+        "--batch",
+        "2",
+        "--warmup",
+        "0",
+        "--repeats",
+        "2",
+        "--json",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["mode"] for r in report["results"]] == ["inference", "train"]
+    assert all(r["images_per_s"] > 0 for r in report["results"])
+    assert f"keras/{BACKEND}" in result.stdout
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="one backend is enough for this minute")
+def test_train_on_an_image_folder_then_evaluate(tmp_path):
+    x_train, y_train, x_val, y_val = digits_32()
+    for split, images, labels in (("train", x_train, y_train), ("val", x_val, y_val)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = tmp_path / "digits" / split / f"digit_{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i}.png")
+    recipe = ["--recipe", "cifar10", "--epochs", "6", "--batch-size", "64", "--lr", "0.01"]
+    recipe += ["--no-flip", "--randaugment-magnitude", "0.2", "--no-mixed-precision"]
+    out = tmp_path / "run"
+    data = ["--data-dir", str(tmp_path / "digits")]
+    result = cli(
+        "train",
+        "--model",
+        "convmixer_64_4_k5_p2",
+        *data,
+        *recipe,
+        "--seed",
+        "0",
+        "--output",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy = float(result.stdout.strip().splitlines()[-1].split(": ")[1])
+    print(f"CLI train on digits folder: held-out accuracy {accuracy:.4f}", file=sys.stderr)
+    assert accuracy >= 0.90
+    assert {"model.keras", "model.weights.h5", "log.csv", "classes.json"} <= set(os.listdir(out))
+    evaluated = cli(
+        "evaluate",
+        "--weights",
+        str(out / "model.keras"),
+        *data,
+        "--recipe",
+        "cifar10",
+        "--classes-file",
+        str(out / "classes.json"),
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    top1 = float(evaluated.stdout.strip().splitlines()[-1].split()[1])
+    assert top1 == pytest.approx(accuracy, abs=1e-4)
