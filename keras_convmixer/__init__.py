@@ -12,6 +12,7 @@ from keras_convmixer.model import (
     ConvMixer768_32,
     ConvMixer1024_20,
     ConvMixer1536_20,
+    create_model,
     feature_extractor,
 )
 from keras_convmixer.pretrained import WEIGHTS
@@ -26,6 +27,7 @@ __all__ = [
     "ConvMixer1536_20",
     "ConvMixer256_8",
     "ConvMixer768_32",
+    "create_model",
     "decode_predictions",
     "eval_transform",
     "feature_extractor",

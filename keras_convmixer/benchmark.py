@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from keras_convmixer.distribute import list_devices
-from keras_convmixer.model import ConvMixer, variant_from_name
+from keras_convmixer.model import create_model, variant_from_name
 
 GMAC_PER_IMAGE_224 = {"convmixer_1536_20": 48.68}
 
@@ -87,11 +87,11 @@ def peak_memory_mb() -> float:
 def keras_results(
     variant: str, batch: int, image_size: int, modes, warmup: int, repeats: int, jit_compile
 ) -> list[Result]:
-    v = variant_from_name(variant)
-    model = ConvMixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, classes=v.classes)
+    model = create_model(variant)
+    classes = model.output_shape[-1]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, image_size, image_size, 3)).astype("float32")
-    y = keras.utils.to_categorical(rng.integers(0, v.classes, batch), v.classes)
+    y = keras.utils.to_categorical(rng.integers(0, classes, batch), classes)
     name = f"keras/{keras.backend.backend()}"
     model.compile(
         optimizer=keras.optimizers.AdamW(1e-3),

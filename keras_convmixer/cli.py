@@ -33,22 +33,11 @@ def _existing_file(path: str) -> str:
 
 def build_model(name: str, weights: str | None, **kwargs):
     """The named variant with `weights` ("imagenet", a path, or None)."""
-    from keras_convmixer.model import ConvMixer, variant_from_name
+    from keras_convmixer.model import create_model
 
-    v = variant_from_name(name)
     if weights not in (None, "imagenet"):
         _existing_file(weights)
-    kwargs.setdefault("classes", v.classes)
-    return ConvMixer(
-        v.dim,
-        v.depth,
-        v.kernel_size,
-        v.patch_size,
-        v.activation,
-        weights=weights,
-        name=name,
-        **kwargs,
-    )
+    return create_model(name, weights=weights, **kwargs)
 
 
 def read_image(path: str):

@@ -67,6 +67,21 @@ def variant_from_name(name: str) -> Variant:
     return Variant(int(dim), int(depth), int(kernel or 9), int(patch or 7), activation or "gelu")
 
 
+def create_model(name: str, **kwargs) -> keras.Model:
+    """A ConvMixer by name, like `timm.create_model`: `create_model("convmixer_768_32",
+    weights="imagenet")`, or a spelled-out size such as `"convmixer_256_8_k5_p2"`.
+
+    Args:
+        name: str. See `variant_from_name`.
+        **kwargs: any `ConvMixer` argument but the shape ones; `classes` defaults to the
+            variant's (10 for convmixer_256_8, else 1000).
+    """
+    v = variant_from_name(name)
+    kwargs.setdefault("classes", v.classes)
+    kwargs.setdefault("name", name)
+    return ConvMixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, **kwargs)
+
+
 def find_variant(dim, depth, kernel_size, patch_size, activation=None) -> str | None:
     """The name of the variant with this shape (and activation, if given), or None."""
     for name, v in VARIANTS.items():

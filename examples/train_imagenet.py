@@ -1,0 +1,20 @@
+"""A ConvMixer on ImageNet-1k with the paper's recipe (timm's train.py, 10 GPUs × 64).
+
+    python examples/train_imagenet.py --data-dir /data/imagenet --output runs/in1k \
+        --backend jax --distribute data-parallel
+    python examples/train_imagenet.py --tfds imagenet2012 --manual-dir ~/imagenet-archives ...
+
+Every hyperparameter is a flag with the paper's value as default (`--help` lists them): AdamW
+lr 0.01, eps 1e-3, weight decay 2e-5 (none on biases and norms), one-cycle per iteration, 150
+epochs (use --epochs 300 for 768/32), global batch 640, clipping at 1.0, label smoothing 0.1,
+RandomResizedCrop 224 (0.08-1, 3/4-4/3), flip, RandAugment 2/9 (std 0.5), MixUp 0.5 /
+CutMix 0.5, RandomErasing 0.25, mixed precision. Resumable: run the same command again.
+"""
+
+import sys
+
+from keras_convmixer.cli import main
+
+if __name__ == "__main__":
+    defaults = ["--recipe", "imagenet", "--model", "convmixer_1536_20"]
+    raise SystemExit(main(["train", *defaults, *sys.argv[1:]]))
