@@ -154,7 +154,10 @@ def train_pipeline(
         per_example, num_parallel_calls=AUTOTUNE, deterministic=seed is not None
     )
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    dataset = dataset.map(BatchAugmenter(recipe, seed), num_parallel_calls=None)
+    # The batch-level layers draw from stateful generators: in parallel calls the draws would
+    # interleave, so a seeded stream runs them one batch at a time.
+    parallel = None if seed is not None else AUTOTUNE
+    dataset = dataset.map(BatchAugmenter(recipe, seed), num_parallel_calls=parallel)
     return dataset.prefetch(AUTOTUNE)
 
 

@@ -1,0 +1,102 @@
+"""Throughput of the ImageNet training input pipeline at 224² (decode JPEG, RandomResizedCrop,
+flip, RandAugment 2/9, normalisation, RandomErasing, MixUp/CutMix), on this machine's CPU.
+
+    KERAS_BACKEND=jax python benchmarks/pipeline.py --json results/pipeline_jax.json
+
+Also times RandAugment alone two ways, to back the choice in `keras_convmixer.augment`:
+keras-cv's layer on a batch against Keras 3's layer mapped over single images.
+The source images are scikit-image's photos (CC0) re-encoded as JPEG.
+"""
+
+import argparse
+import io
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from keras_convmixer import data, training
+
+
+def photos(count: int) -> tf.data.Dataset:
+    import skimage.data
+
+    sources = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut()]
+    encoded = []
+    for image in sources:
+        buffer = io.BytesIO()
+        Image.fromarray(image).resize((500, 375)).save(buffer, format="JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    files = [encoded[i % len(encoded)] for i in range(count)]
+    labels = np.arange(count) % 1000
+    dataset = tf.data.Dataset.from_tensor_slices((files, labels))
+    return dataset.map(
+        lambda f, y: (tf.io.decode_jpeg(f, channels=3), y), num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def images_per_second(dataset, batches: int, batch_size: int) -> float:
+    iterator = iter(dataset)
+    next(iterator)  # warm-up: tracing and the first fill of the buffers
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def randaugment_comparison(batch_size: int, repeats: int) -> dict:
+    import keras_cv
+
+    images = tf.random.stateless_uniform((batch_size, 224, 224, 3), (1, 2), maxval=255.0)
+    batched = keras_cv.layers.RandAugment(
+        value_range=(0, 255),
+        augmentations_per_image=2,
+        magnitude=0.9,
+        magnitude_stddev=0.05,
+        rate=0.5,
+    )
+    per_image = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.9)
+    one = tf.data.Dataset.from_tensors(images).repeat()
+    cases = {
+        "keras_cv.RandAugment on batches": one.map(lambda x: batched(x, training=True)),
+        "keras.layers.RandAugment per image": one.unbatch()
+        .map(lambda x: per_image(x, training=True), num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size),
+    }
+    return {
+        name: images_per_second(ds.prefetch(2), repeats, batch_size) for name, ds in cases.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+    recipe = training.get_recipe("imagenet")
+    source = photos(args.batch_size * (args.batches + 2)).cache().repeat()
+    pipeline = data.train_pipeline(source, 1000, recipe, batch_size=args.batch_size)
+    rate = images_per_second(pipeline, args.batches, args.batch_size)
+    cores = os.cpu_count()
+    report = {
+        "backend": keras.backend.backend(),
+        "cpu_cores": cores,
+        "batch_size": args.batch_size,
+        "images_per_s": rate,
+        "images_per_s_per_core": rate / cores,
+        "randaugment_only_images_per_s": randaugment_comparison(32, 5),
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
