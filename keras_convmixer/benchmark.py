@@ -43,20 +43,28 @@ def macs_per_image(variant: str, image_size: int) -> float:
     return stem + v.depth * block + v.dim * v.classes
 
 
-def _time(step, warmup: int, repeats: int, batch: int, name: str, mode: str) -> Result:
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    for _ in range(warmup):
-        step()
-    rates = []
-    for _ in range(repeats):
+def measure(steps: dict, batch: int, warmup: int, repeats: int) -> list[Result]:
+    """Times each `(path, mode) -> step` function. The repeats are interleaved (one step of
+    each path in turn), so the paths share whatever the machine does meanwhile."""
+    first = {}
+    for key, step in steps.items():
         start = time.perf_counter()
         step()
-        rates.append(batch / (time.perf_counter() - start))
-    return Result(
-        name, mode, statistics.median(rates), min(rates), max(rates), first, peak_memory_mb()
-    )
+        first[key] = time.perf_counter() - start
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    rates = {key: [] for key in steps}
+    for _ in range(repeats):
+        for key, step in steps.items():
+            start = time.perf_counter()
+            step()
+            rates[key].append(batch / (time.perf_counter() - start))
+    memory = peak_memory_mb()
+    return [
+        Result(name, mode, statistics.median(r), min(r), max(r), first[(name, mode)], memory)
+        for (name, mode), r in rates.items()
+    ]
 
 
 def peak_memory_mb() -> float:
@@ -84,9 +92,8 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def keras_results(
-    variant: str, batch: int, image_size: int, modes, warmup: int, repeats: int, jit_compile
-) -> list[Result]:
+def keras_steps(variant: str, batch: int, image_size: int, modes, jit_compile) -> dict:
+    """`{(path, mode): step}` for a Keras ConvMixer on the current backend."""
     model = create_model(variant)
     classes = model.output_shape[-1]
     rng = np.random.default_rng(0)
@@ -98,30 +105,21 @@ def keras_results(
         loss=keras.losses.CategoricalCrossentropy(),
         jit_compile=jit_compile,
     )
-    results = []
-    if "inference" in modes:
-        results.append(
-            _time(lambda: model.predict_on_batch(x), warmup, repeats, batch, name, "inference")
-        )
-    if "train" in modes:
-        results.append(
-            _time(lambda: model.train_on_batch(x, y), warmup, repeats, batch, name, "train")
-        )
-    return results
+
+    def train_step():
+        model.train_on_batch(x, y)
+        # JAX dispatches asynchronously: reading a weight waits for the step to finish.
+        keras.ops.convert_to_numpy(model.trainable_variables[0])
+
+    steps = {(name, "inference"): lambda: model.predict_on_batch(x), (name, "train"): train_step}
+    return {key: step for key, step in steps.items() if key[1] in modes}
 
 
-def timm_results(
-    variant: str,
-    batch: int,
-    image_size: int,
-    modes,
-    warmup: int,
-    repeats: int,
-    policy: str,
-    compile_model: bool,
-) -> list[Result]:
-    """timm's ConvMixer with the same settings (channels_last memory format; autocast for mixed
-    policies; `torch.compile` if asked)."""
+def timm_steps(
+    variant: str, batch: int, image_size: int, modes, policy: str, compile_model: bool
+) -> dict:
+    """`{(path, mode): step}` for timm's ConvMixer with the same settings (channels_last
+    memory format; autocast for mixed policies; `torch.compile` if asked)."""
     import timm
     import torch
 
@@ -161,12 +159,8 @@ def timm_results(
         sync()
 
     name = "timm/torch.compile" if compile_model else "timm"
-    results = []
-    if "inference" in modes:
-        results.append(_time(infer, warmup, repeats, batch, name, "inference"))
-    if "train" in modes:
-        results.append(_time(train, warmup, repeats, batch, name, "train"))
-    return results
+    steps = {(name, "inference"): infer, (name, "train"): train}
+    return {key: step for key, step in steps.items() if key[1] in modes}
 
 
 def machine() -> dict:

@@ -129,12 +129,13 @@ def cmd_benchmark(args) -> int:
     keras.config.set_dtype_policy(args.dtype_policy)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     modes = ("inference", "train") if args.mode == "both" else (args.mode,)
-    settings = (args.model, args.batch, args.image_size, modes, args.warmup, args.repeats)
-    results = benchmark.keras_results(*settings, jit_compile=jit)
+    settings = (args.model, args.batch, args.image_size, modes)
+    steps = benchmark.keras_steps(*settings, jit_compile=jit)
     if args.compare_timm:
-        results += benchmark.timm_results(*settings, args.dtype_policy, compile_model=False)
+        steps |= benchmark.timm_steps(*settings, args.dtype_policy, compile_model=False)
         if args.timm_compile:
-            results += benchmark.timm_results(*settings, args.dtype_policy, compile_model=True)
+            steps |= benchmark.timm_steps(*settings, args.dtype_policy, compile_model=True)
+    results = benchmark.measure(steps, args.batch, args.warmup, args.repeats)
     macs = benchmark.macs_per_image(args.model, args.image_size)
     print(
         f"{args.model}, batch {args.batch}, {args.image_size}², {args.dtype_policy}, "
