@@ -271,3 +271,37 @@ def test_layers_are_exposed():
     assert keras_convmixer.layers.PatchEmbedding is PatchEmbedding
     assert keras_convmixer.layers.ConvMixerBlock is ConvMixerBlock
     assert keras.saving.get_registered_object("keras_convmixer>ConvMixerBlock") is ConvMixerBlock
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="the shift form is for XLA (JAX, TensorFlow)")
+@pytest.mark.parametrize("kernel_size", [3, 4])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_shift_depthwise_gradients_match_the_native_convolution(kernel_size, data_format):
+    from keras_convmixer.kernels import depthwise_conv2d
+
+    rng = np.random.default_rng(9)
+    shape = (2, 7, 6, 5) if data_format == "channels_last" else (2, 5, 7, 6)
+    x = rng.normal(size=shape).astype("float32")
+    kernel = rng.normal(size=(kernel_size, kernel_size, 5, 1)).astype("float32")
+    bias = np.zeros(5, "float32")
+    upstream = rng.normal(size=shape).astype("float32")
+
+    def gradients(impl):
+        if BACKEND == "jax":
+            import jax
+
+            def loss(x, kernel):
+                out = depthwise_conv2d(x, kernel, bias, data_format, impl)
+                return (out * upstream).sum()
+
+            return [np.asarray(g) for g in jax.grad(loss, argnums=(0, 1))(x, kernel)]
+        import tensorflow as tf
+
+        tx, tk = tf.Variable(x), tf.Variable(kernel)
+        with tf.GradientTape() as tape:
+            out = depthwise_conv2d(tx, tk, bias, data_format, impl)
+            loss = tf.reduce_sum(out * upstream)
+        return [g.numpy() for g in tape.gradient(loss, [tx, tk])]
+
+    for native, shift in zip(gradients("native"), gradients("shift"), strict=True):
+        np.testing.assert_allclose(shift, native, atol=1e-4, rtol=1e-5)
