@@ -11,9 +11,10 @@ Depthwise convolution (`depthwise_conv2d`):
   made (Keras' generic path copies the input and output of every convolution: 19% of the
   forward time of ConvMixer-768/32, measured).
 * `"shift"`: k² shifted multiply-adds over a padded input. XLA's CPU backend runs grouped
-  convolutions as a generic loop (measured: 410 ms forward for one 7×7 layer of ConvMixer-768/32
-  at batch 8, against 24 ms for this form, which XLA fuses into one elementwise loop), so this
-  is the form to use whenever XLA compiles for a CPU.
+  convolutions as a generic loop (measured on 2 cores: 645 ms forward for one 7×7 layer of
+  ConvMixer-768/32 at batch 8, against 38-57 ms for this form, which XLA fuses into
+  elementwise loops), so this is the form to use whenever XLA compiles for a CPU. On JAX its
+  gradient is written out (`_shift_add_jax`) to keep training memory bounded.
 
 `"auto"` picks `"shift"` where XLA compiles for a CPU (the JAX backend on CPU, and TensorFlow
 inside an XLA-compiled function on CPU), and `"native"` everywhere else.
