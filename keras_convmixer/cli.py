@@ -1,7 +1,8 @@
 """The `keras-convmixer` command line.
 
-Keras is imported only after `--backend` has set `KERAS_BACKEND`, so every subcommand can
-choose its backend. Errors a user can cause print one line and exit with status 2.
+`--backend` sets `KERAS_BACKEND` for every subcommand; when Keras was already imported with
+another backend (importing this package imports it), the command restarts itself with the
+variable set. Errors a user can cause print one line and exit with status 2.
 """
 
 from __future__ import annotations

@@ -47,6 +47,13 @@ def test_info():
     assert f"backend {BACKEND}" in result.stdout and "weights cache" in result.stdout
 
 
+def test_backend_flag_switches_backend():
+    other = "jax" if BACKEND != "jax" else "torch"
+    result = cli("info", "--backend", other)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"backend {other}" in result.stdout
+
+
 def test_predict_classifies_the_bundled_photo(tiny_checkpoint):
     result = cli("predict", "--model", TINY, "--weights", tiny_checkpoint)
     assert result.returncode == 0, result.stderr[-2000:]
