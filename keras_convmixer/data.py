@@ -105,7 +105,7 @@ def from_arrays(images, labels) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((images, labels))
 
 
-def _finish(dataset: tf.data.Dataset, cache: bool, shard: tuple[int, int] | None):
+def _shard_and_cache(dataset: tf.data.Dataset, cache: bool, shard: tuple[int, int] | None):
     if shard is not None:
         dataset = dataset.shard(*shard)
     return dataset.cache() if cache else dataset
@@ -141,7 +141,7 @@ def train_pipeline(
     batch_size = batch_size or recipe.batch_size
     if seed is not None:  # first, so that every op below derives its seeds the same way
         tf.random.set_seed(seed)
-    dataset = _finish(dataset, cache, shard)
+    dataset = _shard_and_cache(dataset, cache, shard)
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     transform = example_transform(recipe)
@@ -193,5 +193,5 @@ def eval_pipeline(
         image.set_shape((size, size, 3))
         return normalize(image, recipe.mean, recipe.std), tf.one_hot(label, num_classes)
 
-    dataset = _finish(dataset, cache, shard).map(transform, num_parallel_calls=AUTOTUNE)
+    dataset = _shard_and_cache(dataset, cache, shard).map(transform, num_parallel_calls=AUTOTUNE)
     return dataset.batch(batch_size).prefetch(AUTOTUNE)
