@@ -19,8 +19,6 @@ import numpy as np
 from keras_convmixer.distribute import list_devices
 from keras_convmixer.model import create_model, variant_from_name
 
-GMAC_PER_IMAGE_224 = {"convmixer_1536_20": 48.68}
-
 
 @dataclasses.dataclass
 class Result:

@@ -82,19 +82,10 @@ def create_model(name: str, **kwargs) -> keras.Model:
     return ConvMixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, **kwargs)
 
 
-def find_variant(dim, depth, kernel_size, patch_size, activation=None) -> str | None:
-    """The name of the variant with this shape (and activation, if given), or None."""
+def find_variant(dim, depth, kernel_size, patch_size) -> str | None:
+    """The name of the variant with this shape, or None."""
     for name, v in VARIANTS.items():
-        same_shape = (v.dim, v.depth, v.kernel_size, v.patch_size) == (
-            dim,
-            depth,
-            kernel_size,
-            patch_size,
-        )
-        same_activation = activation is None or get_activation(activation) is get_activation(
-            v.activation
-        )
-        if same_shape and same_activation:
+        if (v.dim, v.depth, v.kernel_size, v.patch_size) == (dim, depth, kernel_size, patch_size):
             return name
     return None
 
