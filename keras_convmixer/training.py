@@ -120,7 +120,19 @@ def get_recipe(recipe: str | Recipe, **overrides) -> Recipe:
         raise ValueError(
             f"Unknown recipe fields {sorted(unknown)}; see keras_convmixer.training.Recipe"
         )
-    return dataclasses.replace(recipe, **overrides)
+    recipe = dataclasses.replace(recipe, **overrides)
+    limits = {  # CutMix's alpha is bounded by Keras' CutMix layer
+        "erasing_prob": (0.0, 1.0),
+        "mix_switch_prob": (0.0, 1.0),
+        "label_smoothing": (0.0, 1.0),
+        "cutmix_alpha": (0.0, 1.0),
+        "mixup_alpha": (0.0, float("inf")),
+    }
+    for name, (low, high) in limits.items():
+        value = getattr(recipe, name)
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be in [{low}, {high}]. Received: {name}={value}")
+    return recipe
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

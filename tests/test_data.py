@@ -6,7 +6,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from keras_convmixer import data, training
+from keras_convmixer import augment, data, training
 
 LOW = (0 - 0.485) / 0.229  # smallest normalised value (black, red channel)
 HIGH = (1 - 0.406) / 0.225  # largest (white, blue channel)
@@ -118,6 +118,50 @@ def test_random_erasing_probability():
     constant = (128 / 255 - np.array(recipe.mean)) / np.array(recipe.std)
     erased = np.abs(images - constant).reshape(512, -1).max(axis=1) > 1e-4
     assert 0.17 < erased.mean() < 0.33  # p = 0.25
+
+
+def test_random_erasing_boxes_and_noise_follow_timm():
+    tf.random.set_seed(0)
+    images = augment.random_erasing(tf.fill((2000, 40, 30, 3), 10.0), 0.25, seed=3).numpy()
+    changed = (images != 10.0).any(axis=-1)
+    erased = np.flatnonzero(changed.any(axis=(1, 2)))
+    assert 0.21 < len(erased) / 2000 < 0.29
+    rows, cols = changed.any(axis=2).sum(axis=1)[erased], changed.any(axis=1).sum(axis=1)[erased]
+    np.testing.assert_array_equal(changed[erased].sum(axis=(1, 2)), rows * cols)  # one box
+    area, ratio = rows * cols / (40 * 30), rows / cols
+    assert area.min() >= 0.02 - 0.01 and area.max() <= 1 / 3 + 0.02
+    assert ratio.min() >= 0.25 and ratio.max() <= 3.4 and area.mean() > 0.12
+    noise = images[changed]
+    assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1) < 0.01  # per-pixel N(0, 1)
+
+
+def test_cutmix_uses_the_recipes_alpha():
+    """Beta(α, α) weights: E[λ(1-λ)] = α / (2(2α + 1)) = 0.125 at α = 0.5 (alpha drawn from
+    (0, 0.5) instead, as a bare number would make Keras' CutMix do, gives 0.077)."""
+    images = np.zeros((1024, 16, 16, 3), np.uint8)
+    dataset = data.from_arrays(images, np.arange(1024) % 2)
+    recipe = training.get_recipe(
+        "imagenet",
+        image_size=16,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        randaugment_ops=0,
+        erasing_prob=0.0,
+        mixup_alpha=0.0,
+        label_smoothing=0.0,
+    )
+    _, labels = first_batch(data.train_pipeline(dataset, 2, recipe, batch_size=1024, seed=0))
+    weight = labels[:, 0]
+    mixed = weight[(weight > 0) & (weight < 1)]
+    assert len(mixed) > 300
+    assert 0.11 < (mixed * (1 - mixed)).mean() < 0.14
+
+
+def test_recipe_values_are_checked():
+    with pytest.raises(ValueError, match="cutmix_alpha must be in"):
+        training.get_recipe("imagenet", cutmix_alpha=2.0)
+    with pytest.raises(ValueError, match="erasing_prob must be in"):
+        training.get_recipe("imagenet", erasing_prob=-0.1)
 
 
 def test_image_folder_and_eval_pipeline(tmp_path):
