@@ -19,9 +19,10 @@ Depthwise convolution (`depthwise_conv2d`):
 `"auto"` picks `"shift"` where XLA compiles for a CPU (the JAX backend on CPU, and TensorFlow
 inside an XLA-compiled function on CPU), and `"native"` everywhere else.
 
-Pointwise convolution (`pointwise_conv2d`): a matmul over the channel axis for channels-last
-tensors (PyTorch: one `addmm` with the bias), which is faster than a 1×1 convolution on JAX
-and PyTorch, and the 1×1 convolution for channels-first.
+Pointwise convolution (`pointwise_conv2d`): for channels-last tensors, a matmul over the
+channel axis (faster than XLA's 1×1 convolution on JAX), and on PyTorch oneDNN's 1×1
+convolution on a channels-last view (faster than `addmm`); the 1×1 convolution for
+channels-first.
 
 Inference BatchNorm (`batch_norm`): the moving statistics folded into one scale and one shift
 per channel, applied in one pass (`addcmul` on PyTorch) rather than Keras' three.
@@ -205,20 +206,24 @@ def pointwise_conv2d(x, kernel, bias, data_format: str = "channels_last"):
     bias = ops.cast(bias, x.dtype)
     if data_format == "channels_first":
         return ops.conv(x, kernel, data_format=data_format) + ops.reshape(bias, (-1, 1, 1))
+    if _torch_channels_last(data_format):
+        from torch.nn import functional
+
+        # oneDNN's 1×1 convolution on a channels-last view: 15% faster than `addmm` (43.7 vs
+        # 51.6 ms for ConvMixer-768/32 at batch 8) and no copies, as in `_torch_depthwise`.
+        weight = kernel.permute(3, 2, 0, 1)  # (out, in, 1, 1)
+        return functional.conv2d(x.permute(0, 3, 1, 2), weight, bias).permute(0, 2, 3, 1)
     # A reshape rather than kernel[0, 0]: its gradient is free, a slice's is a scatter
     # (StridedSliceGrad: about 3% of a TensorFlow training step of ConvMixer-768/32).
     matrix = ops.reshape(kernel, kernel.shape[2:])
-    if _torch_channels_last(data_format):
-        import torch
-
-        flat = x.reshape(-1, x.shape[-1])
-        return torch.addmm(bias, flat, matrix).reshape(*x.shape[:-1], matrix.shape[-1])
     return ops.matmul(x, matrix) + bias
 
 
 def batch_norm(norm: keras.layers.BatchNormalization, x, training):
     """`norm(x)`; in inference, the moving statistics folded into one scale and shift."""
     if training and norm.trainable:
+        if _native_torch_training(norm, x):
+            return _torch_batch_norm_training(norm, x)
         return norm(x, training=True)
     scale = norm.gamma * ops.rsqrt(norm.moving_variance + norm.epsilon)
     shift = norm.beta - norm.moving_mean * scale
@@ -230,3 +235,36 @@ def batch_norm(norm: keras.layers.BatchNormalization, x, training):
 
         return torch.addcmul(shift, x, scale)
     return x * scale + shift
+
+
+def _native_torch_training(norm: keras.layers.BatchNormalization, x) -> bool:
+    return (
+        keras.backend.backend() == "torch"
+        and len(x.shape) == 4
+        and str(x.dtype).endswith("float32")
+        and norm.center
+        and norm.scale
+        and not norm.synchronized
+    )
+
+
+def _torch_batch_norm_training(norm: keras.layers.BatchNormalization, x):
+    """Training-mode BatchNormalization as PyTorch's fused kernel, with Keras' update of the
+    moving statistics (biased batch variance; PyTorch's own update would use the unbiased one).
+    Keras' version takes 10 elementwise and reduction ops forward and as many backward: 1.5 s
+    of a 9.4 s training step of ConvMixer-768/32 at batch 8."""
+    import torch
+
+    channels_last = norm.axis in (-1, 3)
+    view = x.permute(0, 3, 1, 2) if channels_last else x
+    out, mean, inverse_std = torch.ops.aten.native_batch_norm(
+        view, norm.gamma.value, norm.beta.value, None, None, True, 0.0, norm.epsilon
+    )
+    with torch.no_grad():
+        variance = inverse_std.pow(-2) - norm.epsilon
+        momentum = norm.momentum
+        norm.moving_mean.assign(norm.moving_mean.value * momentum + mean * (1 - momentum))
+        norm.moving_variance.assign(
+            norm.moving_variance.value * momentum + variance * (1 - momentum)
+        )
+    return out.permute(0, 2, 3, 1) if channels_last else out

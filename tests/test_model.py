@@ -305,3 +305,38 @@ def test_shift_depthwise_gradients_match_the_native_convolution(kernel_size, dat
 
     for native, shift in zip(gradients("native"), gradients("shift"), strict=True):
         np.testing.assert_allclose(shift, native, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's fused training BatchNorm")
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_torch_training_batch_norm_matches_keras(axis):
+    """Outputs, gradients and moving statistics of the fused path equal Keras' layer (with
+    randomised parameters and statistics, so a swapped mean/variance would show)."""
+    import torch
+
+    from keras_convmixer.kernels import batch_norm
+
+    rng = np.random.default_rng(4)
+    shape = (4, 5, 6, 8) if axis == -1 else (4, 8, 5, 6)
+    norms = [keras.layers.BatchNormalization(axis, momentum=0.9, epsilon=1e-5) for _ in "ab"]
+    for norm in norms:
+        norm.build(shape)
+    for variable in norms[0].weights:
+        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+    for ours, theirs in zip(norms[1].weights, norms[0].weights, strict=True):
+        ours.assign(to_numpy(theirs))
+    x = rng.normal(2.0, 3.0, shape).astype("float32")
+    upstream = torch.tensor(rng.normal(size=shape).astype("float32"))
+    results = []
+    for norm, fused in zip(norms, (True, False), strict=True):
+        inputs = torch.tensor(x, requires_grad=True)
+        out = batch_norm(norm, inputs, True) if fused else norm(inputs, training=True)
+        out.backward(upstream)
+        results.append(
+            [to_numpy(out.detach()), to_numpy(inputs.grad)]
+            + [to_numpy(v.value.grad) for v in (norm.gamma, norm.beta)]
+            + [to_numpy(v) for v in (norm.moving_mean, norm.moving_variance)]
+        )
+    assert np.abs(results[0][5] - 1.0).max() > 0.05  # the statistics moved
+    for fused, reference in zip(*results, strict=True):
+        np.testing.assert_allclose(fused, reference, atol=1e-5, rtol=1e-5)
