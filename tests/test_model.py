@@ -307,15 +307,38 @@ def test_shift_depthwise_gradients_match_the_native_convolution(kernel_size, dat
         np.testing.assert_allclose(shift, native, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's fused training BatchNorm")
-@pytest.mark.parametrize("axis", [-1, 1])
-def test_torch_training_batch_norm_matches_keras(axis):
-    """Outputs, gradients and moving statistics of the fused path equal Keras' layer (with
-    randomised parameters and statistics, so a swapped mean/variance would show)."""
-    import torch
-
+def _training_batch_norm(norm, x, upstream, fused):
+    """(output, d input, d gamma, d beta, moving mean, moving variance) of one training call."""
     from keras_convmixer.kernels import batch_norm
 
+    def call(inputs):
+        return batch_norm(norm, inputs, True) if fused else norm(inputs, training=True)
+
+    if BACKEND == "torch":
+        import torch
+
+        inputs = torch.tensor(x, requires_grad=True)
+        out = call(inputs)
+        out.backward(torch.tensor(upstream))
+        grads = [inputs.grad] + [v.value.grad for v in (norm.gamma, norm.beta)]
+    else:
+        import tensorflow as tf
+
+        inputs = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = call(inputs)
+            loss = tf.reduce_sum(out * upstream)
+        grads = tape.gradient(loss, [inputs, norm.gamma.value, norm.beta.value])
+    moving = [norm.moving_mean, norm.moving_variance]
+    return [to_numpy(t) for t in [out, *grads, *moving]]
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="fused training BatchNorm: TensorFlow, PyTorch")
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_fused_training_batch_norm_matches_keras(axis):
+    """Outputs, gradients and moving statistics of the fused path equal Keras' layer (with
+    randomised parameters and statistics, so a swapped mean/variance would show)."""
     rng = np.random.default_rng(4)
     shape = (4, 5, 6, 8) if axis == -1 else (4, 8, 5, 6)
     norms = [keras.layers.BatchNormalization(axis, momentum=0.9, epsilon=1e-5) for _ in "ab"]
@@ -326,17 +349,9 @@ def test_torch_training_batch_norm_matches_keras(axis):
     for ours, theirs in zip(norms[1].weights, norms[0].weights, strict=True):
         ours.assign(to_numpy(theirs))
     x = rng.normal(2.0, 3.0, shape).astype("float32")
-    upstream = torch.tensor(rng.normal(size=shape).astype("float32"))
-    results = []
-    for norm, fused in zip(norms, (True, False), strict=True):
-        inputs = torch.tensor(x, requires_grad=True)
-        out = batch_norm(norm, inputs, True) if fused else norm(inputs, training=True)
-        out.backward(upstream)
-        results.append(
-            [to_numpy(out.detach()), to_numpy(inputs.grad)]
-            + [to_numpy(v.value.grad) for v in (norm.gamma, norm.beta)]
-            + [to_numpy(v) for v in (norm.moving_mean, norm.moving_variance)]
-        )
-    assert np.abs(results[0][5] - 1.0).max() > 0.05  # the statistics moved
-    for fused, reference in zip(*results, strict=True):
-        np.testing.assert_allclose(fused, reference, atol=1e-5, rtol=1e-5)
+    upstream = rng.normal(size=shape).astype("float32")
+    fused = _training_batch_norm(norms[0], x, upstream, fused=True)
+    reference = _training_batch_norm(norms[1], x, upstream, fused=False)
+    assert np.abs(fused[5] - 1.0).max() > 0.05  # the statistics moved
+    for ours, theirs in zip(fused, reference, strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
