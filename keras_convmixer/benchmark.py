@@ -113,20 +113,31 @@ def keras_steps(variant: str, batch: int, image_size: int, modes, jit_compile) -
     return {key: step for key, step in steps.items() if key[1] in modes}
 
 
+def timm_convmixer(
+    dim: int, depth: int, kernel_size: int, patch_size: int, activation: str, classes: int
+):
+    """timm's ConvMixer (the PyTorch reference) of this shape, GELU unless `activation` is
+    `"relu"`."""
+    import timm
+    import torch
+
+    act = torch.nn.ReLU if activation == "relu" else torch.nn.GELU
+    return timm.models.convmixer.ConvMixer(
+        dim, depth, kernel_size, patch_size, num_classes=classes, act_layer=act
+    )
+
+
 def timm_steps(
     variant: str, batch: int, image_size: int, modes, policy: str, compile_model: bool
 ) -> dict:
     """`{(path, mode): step}` for timm's ConvMixer with the same settings (channels_last
     memory format; autocast for mixed policies; `torch.compile` if asked)."""
-    import timm
     import torch
 
     v = variant_from_name(variant)
-    act = torch.nn.ReLU if v.activation == "relu" else torch.nn.GELU
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = timm.models.convmixer.ConvMixer(
-        v.dim, v.depth, v.kernel_size, v.patch_size, num_classes=v.classes, act_layer=act
-    ).to(device, memory_format=torch.channels_last)
+    model = timm_convmixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, v.classes)
+    model = model.to(device, memory_format=torch.channels_last)
     x = torch.randn(batch, 3, image_size, image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, v.classes, (batch,), device=device)

@@ -101,17 +101,18 @@ def compare_with_timm(model, checkpoint: str) -> float:
     import numpy as np
 
     try:
-        import timm
+        import timm  # noqa: F401
         import torch
     except Exception as error:  # timm missing, or a torchvision that does not import
         raise UserError(f"--compare-timm needs torch and timm: {error}") from None
+    from keras_convmixer.benchmark import timm_convmixer
     from keras_convmixer.pretrained import read_state_dict, timm_layout
 
     stem, block = model.get_layer("stem"), model.get_layer("block_0")
-    act = {"relu": torch.nn.ReLU}.get(block.get_config()["activation"], torch.nn.GELU)
     depth = sum(layer.name.startswith("block_") for layer in model.layers)
-    reference = timm.models.convmixer.ConvMixer(
-        stem.dim, depth, block.kernel_size, stem.patch_size, act_layer=act
+    activation, classes = block.get_config()["activation"], model.output_shape[-1]
+    reference = timm_convmixer(
+        stem.dim, depth, block.kernel_size, stem.patch_size, activation, classes
     )
     state = {k: torch.from_numpy(v) for k, v in timm_layout(read_state_dict(checkpoint)).items()}
     reference.load_state_dict(state)

@@ -106,6 +106,19 @@ def test_user_errors_print_one_line(tmp_path, tiny_checkpoint):
     )
 
 
+def test_compare_with_timm_reports_the_deviation(tiny_checkpoint):
+    """`convert --compare-timm`'s check, in this process (timm needs the test shim here)."""
+    import keras_convmixer
+    from keras_convmixer.cli import compare_with_timm
+
+    model = keras_convmixer.ConvMixer(
+        16, 2, 3, 2, weights=tiny_checkpoint, classifier_activation=None
+    )
+    assert compare_with_timm(model, tiny_checkpoint) < 1e-4
+    other = keras_convmixer.ConvMixer(16, 2, 3, 2, classifier_activation=None)  # random weights
+    assert compare_with_timm(other, tiny_checkpoint) > 1e-2
+
+
 def test_benchmark_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = cli(
