@@ -14,7 +14,8 @@ Depthwise convolution (`depthwise_conv2d`):
   convolutions as a generic loop (measured on 2 cores: 645 ms forward for one 7×7 layer of
   ConvMixer-768/32 at batch 8, against 38-57 ms for this form, which XLA fuses into
   elementwise loops), so this is the form to use whenever XLA compiles for a CPU. On JAX its
-  gradient is written out (`_shift_add_jax`) to keep training memory bounded.
+  gradient is written out (`_shift_add_jax`): bounded memory, and the weight gradient as
+  matrix products (ConvMixer-768/32 training step 0.32 → 0.48 images/s on 2 cores).
 
 `"auto"` picks `"shift"` where XLA compiles for a CPU (the JAX backend on CPU, and TensorFlow
 inside an XLA-compiled function on CPU), and `"native"` everywhere else.
@@ -63,14 +64,12 @@ def _pad_spatial(x, padding: tuple[int, int], data_format: str):
     return ops.pad(x, pad)
 
 
-def _windows(x, k: int, padding: tuple[int, int], data_format: str, rows_only: bool = False):
-    """The k² shifted views of `x` padded by `padding`, as ((i, j), view) pairs; with
-    `rows_only`, `x` is already one kernel row's slab and only the k column shifts are made."""
+def _windows(x, k: int, padding: tuple[int, int], data_format: str):
+    """The k² shifted views of `x` padded by `padding`, as ((i, j), view) pairs."""
     padded = _pad_spatial(x, padding, data_format)
-    for i in range(1 if rows_only else k):
+    for i in range(k):
         for j in range(k):
-            stop_i = None if rows_only else (i - (k - 1) or None)
-            stop_j = j - (k - 1) or None
+            stop_i, stop_j = i - (k - 1) or None, j - (k - 1) or None
             if data_format == "channels_last":
                 yield (i, j), padded[:, i:stop_i, j:stop_j, :]
             else:
@@ -97,57 +96,65 @@ def _shift_add_jax(x, weights, data_format: str):
     """`_shift_add` with its gradient written out for JAX.
 
     With out[h] = Σ_i x[h + i - before] w[i]: dx is the same sum over the upstream gradient
-    with the kernel flipped and the paddings swapped, and dw[i] = Σ_h x_padded[h + i] g[h].
-    The backward pass loops over kernel rows (`lax.fori_loop`) and keeps only `x` from the
-    forward pass: differentiating the unrolled k² sum made XLA plan 44 GB of buffers for a
-    ConvMixer-768/32 training step at batch 8.
+    with the kernel flipped and the paddings swapped, and dw[i] = Σ_h x_padded[h + i] g[h]
+    (`_depthwise_weight_grad`). Differentiating the unrolled k² sum instead made XLA plan 44 GB
+    of buffers for a ConvMixer-768/32 training step at batch 8.
+
+    Under differentiation the forward sum runs image by image (`lax.map`): that materialises
+    its output, which XLA otherwise recomputes (all k² terms) inside each of the activation's
+    forward and backward fusions: 2.58 → 2.22 s for a 4-block ConvMixer-768 step.
     """
     import jax
     from jax import lax
 
-    k = weights.shape[0]
-    padding = same_padding(k)
-    row_axis = 1 if data_format == "channels_last" else 2
-    reduce_axes = (0, 1, 2) if data_format == "channels_last" else (0, 2, 3)
-
-    def row_windows(x, i, pad):
-        """The k column-shifted windows of kernel row `i` (a traced index)."""
-        padded = _pad_spatial(x, pad, data_format)
-        rows = lax.dynamic_slice_in_dim(padded, i, x.shape[row_axis], axis=row_axis)
-        return [window for _, window in _windows(rows, k, (0, 0), data_format, rows_only=True)]
-
-    def looped(x, w, pad):
-        w = _channel_weights(w, data_format)
-
-        def body(i, total):
-            row = lax.dynamic_index_in_dim(w, i, 0, keepdims=False)
-            for j, window in enumerate(row_windows(x, i, pad)):
-                total = total + window * row[j]
-            return total
-
-        return lax.fori_loop(0, k, body, ops.zeros_like(x))
+    padding = same_padding(weights.shape[0])
 
     @jax.custom_vjp
     def conv(x, w):
         return _shift_add(x, w, data_format, padding)
 
     def forward(x, w):
-        return conv(x, w), (x, w)
+        out = lax.map(lambda image: _shift_add(image[None], w, data_format, padding)[0], x)
+        return out, (x, w)
 
     def backward(saved, grad):
         x, w = saved
-        dx = looped(grad, w[::-1, ::-1], padding[::-1])
-
-        def body(i, dw):
-            row = ops.stack(
-                [ops.sum(v * grad, axis=reduce_axes) for v in row_windows(x, i, padding)]
-            )
-            return lax.dynamic_update_index_in_dim(dw, row, i, 0)
-
-        return dx, lax.fori_loop(0, k, body, ops.zeros_like(w))
+        dx = _shift_add(grad, w[::-1, ::-1], data_format, padding[::-1])
+        return dx, _depthwise_weight_grad(x, grad, w.shape[0], data_format).astype(w.dtype)
 
     conv.defvjp(forward, backward)
     return conv(x, weights)
+
+
+def _depthwise_weight_grad(x, grad, k: int, data_format: str):
+    """dw[i, j, c] = Σ_{n,h,w} x_padded[n, h+i, w+j, c] · grad[n, h, w, c] on JAX, as matmuls.
+
+    Per channel and kernel row i, Q = X_iᵀ G (X_i: the padded rows h+i, G: the gradient, both
+    as (N·H, width) matrices) holds the products of every pair of columns, and dw[i, j] is the
+    sum of Q's j-th diagonal. That is (W+k-1)/k times the multiplications of k² separate
+    reductions (5.4× for ConvMixer-768/32), but they run in XLA's matrix kernels, while the
+    reductions are memory-bound: 147 against 210 ms for one 7×7 layer at batch 8 on 2 cores.
+    """
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    channel_axis = -1 if data_format == "channels_last" else 1
+    padded = jnp.moveaxis(_pad_spatial(x, same_padding(k), data_format), channel_axis, 0)
+    grad = jnp.moveaxis(grad, channel_axis, 0)  # (C, N, H, W)
+    channels, _, height, width = grad.shape
+
+    def row(_, i):
+        rows = lax.dynamic_slice_in_dim(padded, i, height, axis=2)
+        dims = (((1, 2), (1, 2)), ((0,), (0,)))
+        return None, lax.dot_general(rows, grad, dims, preferred_element_type=jnp.float32)
+
+    _, q = lax.scan(row, None, jnp.arange(k))  # (k, C, W + k - 1, W)
+    band = np.zeros((width + k - 1, width, k), np.float32)
+    for j in range(k):
+        band[np.arange(width) + j, np.arange(width), j] = 1
+    dw = q.reshape(k, channels, -1) @ band.reshape(-1, k)  # (k, C, k)
+    return jnp.transpose(dw, (0, 2, 1))
 
 
 def depthwise_conv2d(x, kernel, bias, data_format: str = "channels_last", impl: str = "auto"):
