@@ -188,8 +188,10 @@ class ConvMixerBlock(_ConvActNorm):
             impl=self.depthwise_impl,
         )
         x = batch_norm(self.depthwise_norm, self.activation(mixed), training) + inputs
-        mixed = pointwise_conv2d(x, self.pointwise.kernel, self.pointwise.bias, self.data_format)
-        return batch_norm(self.pointwise_norm, self.activation(mixed), training)
+        mixed = pointwise_conv2d(
+            x, self.pointwise.kernel, self.pointwise.bias, self.activation, self.data_format
+        )
+        return batch_norm(self.pointwise_norm, mixed, training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
