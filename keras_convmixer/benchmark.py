@@ -18,6 +18,7 @@ import numpy as np
 
 from keras_convmixer.distribute import list_devices
 from keras_convmixer.model import create_model, variant_from_name
+from keras_convmixer.pretrained import assign, to_keras_arrays
 
 
 @dataclasses.dataclass
@@ -90,9 +91,17 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def keras_steps(variant: str, batch: int, image_size: int, modes, jit_compile) -> dict:
-    """`{(path, mode): step}` for a Keras ConvMixer on the current backend."""
+def keras_model(variant: str, state_dict: dict | None = None) -> keras.Model:
+    """The Keras ConvMixer to time, with the weights of a PyTorch `state_dict` if given (else
+    Keras' initialisation)."""
     model = create_model(variant)
+    if state_dict is not None:
+        assign(model, to_keras_arrays(state_dict, variant_from_name(variant).depth))
+    return model
+
+
+def keras_steps(model: keras.Model, batch: int, image_size: int, modes, jit_compile) -> dict:
+    """`{(path, mode): step}` for a Keras ConvMixer on the current backend."""
     classes = model.output_shape[-1]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, image_size, image_size, 3)).astype("float32")
@@ -127,16 +136,40 @@ def timm_convmixer(
     )
 
 
+def timm_weights(variant: str, seed: int = 0) -> dict:
+    """The state dict (NumPy arrays) of a freshly initialised timm ConvMixer of `variant`.
+
+    `--compare-timm` gives these weights to both models, so both compute the same function on
+    the same activations. (Keras' initialisation, zero biases and Glorot kernels, with
+    untrained BatchNorm halves the activations in every block: about 1e-11 after 32 blocks.)
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    v = variant_from_name(variant)
+    model = timm_convmixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, v.classes)
+    return {k: t.numpy() for k, t in model.state_dict().items()}
+
+
 def timm_steps(
-    variant: str, batch: int, image_size: int, modes, policy: str, compile_model: bool
+    variant: str,
+    batch: int,
+    image_size: int,
+    modes,
+    policy: str,
+    compile_model: bool,
+    state_dict: dict | None = None,
 ) -> dict:
     """`{(path, mode): step}` for timm's ConvMixer with the same settings (channels_last
-    memory format; autocast for mixed policies; `torch.compile` if asked)."""
+    memory format; autocast for mixed policies; `torch.compile` if asked), with the weights
+    of `state_dict` if given."""
     import torch
 
     v = variant_from_name(variant)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = timm_convmixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, v.classes)
+    if state_dict is not None:
+        model.load_state_dict({k: torch.from_numpy(a) for k, a in state_dict.items()})
     model = model.to(device, memory_format=torch.channels_last)
     x = torch.randn(batch, 3, image_size, image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)

@@ -131,12 +131,15 @@ def cmd_benchmark(args) -> int:
     keras.config.set_dtype_policy(args.dtype_policy)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     modes = ("inference", "train") if args.mode == "both" else (args.mode,)
-    settings = (args.model, args.batch, args.image_size, modes)
-    steps = benchmark.keras_steps(*settings, jit_compile=jit)
+    settings = (args.batch, args.image_size, modes)
+    weights = benchmark.timm_weights(args.model) if args.compare_timm else None
+    model = benchmark.keras_model(args.model, weights)
+    steps = benchmark.keras_steps(model, *settings, jit_compile=jit)
     if args.compare_timm:
-        steps |= benchmark.timm_steps(*settings, args.dtype_policy, compile_model=False)
-        if args.timm_compile:
-            steps |= benchmark.timm_steps(*settings, args.dtype_policy, compile_model=True)
+        for compile_model in (False, True) if args.timm_compile else (False,):
+            steps |= benchmark.timm_steps(
+                args.model, *settings, args.dtype_policy, compile_model, state_dict=weights
+            )
     results = benchmark.measure(steps, args.batch, args.warmup, args.repeats)
     macs = benchmark.macs_per_image(args.model, args.image_size)
     print(

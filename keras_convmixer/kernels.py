@@ -214,6 +214,23 @@ def _torch_depthwise(x, kernel, bias):
     return out.permute(0, 2, 3, 1)
 
 
+def patch_conv2d(x, kernel, bias, patch_size: int, data_format: str = "channels_last"):
+    """The stem's convolution (stride = kernel = `patch_size`, "valid") plus bias. On PyTorch
+    with channels-last tensors it runs on a channels-last view like the other convolutions:
+    10 against 30 ms for Keras' `Conv2D`, which copies its input and output (ConvMixer-768/32
+    at batch 8)."""
+    kernel = ops.cast(kernel, x.dtype)
+    bias = ops.cast(bias, x.dtype)
+    if data_format == "channels_last" and keras.backend.backend() == "torch":
+        from torch.nn import functional
+
+        weight = kernel.permute(3, 2, 0, 1)  # (out, in, p, p)
+        out = functional.conv2d(x.permute(0, 3, 1, 2), weight, bias, stride=patch_size)
+        return out.permute(0, 2, 3, 1)
+    out = ops.conv(x, kernel, strides=patch_size, padding="valid", data_format=data_format)
+    return out + _channel_bias(bias, data_format)
+
+
 def pointwise_conv2d(x, kernel, bias, activation, data_format: str = "channels_last"):
     """`activation(1×1 convolution + bias)`; `kernel` is `(1, 1, in, out)` as in
     `keras.layers.Conv2D`."""

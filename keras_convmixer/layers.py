@@ -21,7 +21,7 @@ import keras
 from keras import layers
 
 from keras_convmixer.distribute import sync_batch_norm
-from keras_convmixer.kernels import batch_norm, depthwise_conv2d, pointwise_conv2d
+from keras_convmixer.kernels import batch_norm, depthwise_conv2d, patch_conv2d, pointwise_conv2d
 
 BATCH_NORM = {"epsilon": 1e-5, "momentum": 0.9}
 PACKAGE = "keras_convmixer"
@@ -119,7 +119,9 @@ class PatchEmbedding(_ConvActNorm):
         self.norm.build(self.conv.compute_output_shape(input_shape))
 
     def call(self, inputs, training=None):
-        return batch_norm(self.norm, self.activation(self.conv(inputs)), training)
+        conv = self.conv
+        patches = patch_conv2d(inputs, conv.kernel, conv.bias, self.patch_size, self.data_format)
+        return batch_norm(self.norm, self.activation(patches), training)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)

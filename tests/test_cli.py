@@ -119,6 +119,32 @@ def test_compare_with_timm_reports_the_deviation(tiny_checkpoint):
     assert compare_with_timm(other, tiny_checkpoint) > 1e-2
 
 
+def test_benchmark_gives_timm_and_keras_the_same_weights():
+    import torch
+    from timm_shim import import_timm
+
+    from keras_convmixer import benchmark
+    from keras_convmixer.model import variant_from_name
+
+    assert import_timm() is not None
+    weights = benchmark.timm_weights(TINY, seed=1)
+    assert any(np.abs(a).max() > 0 for k, a in weights.items() if k.endswith("bias"))
+    ours = benchmark.keras_model(TINY, weights)
+    v = variant_from_name(TINY)
+    reference = benchmark.timm_convmixer(
+        v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, v.classes
+    )
+    reference.load_state_dict({k: torch.from_numpy(a) for k, a in weights.items()})
+    x = np.random.default_rng(2).normal(size=(2, 3, 32, 32)).astype("float32")
+    with torch.no_grad():
+        expected = reference.eval()(torch.from_numpy(x)).softmax(-1).numpy()
+    np.testing.assert_allclose(
+        ours.predict(x.transpose(0, 2, 3, 1), verbose=0), expected, atol=1e-5
+    )
+    other = benchmark.timm_weights(TINY, seed=2)["stem.0.weight"]
+    assert not np.allclose(other, weights["stem.0.weight"])
+
+
 def test_benchmark_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = cli(
