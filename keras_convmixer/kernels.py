@@ -26,6 +26,12 @@ as MatMul, BiasAdd, GELU, which its graph optimizer fuses into one oneDNN call),
 oneDNN's 1×1 convolution on a channels-last view (faster than `addmm`); the 1×1 convolution
 for channels-first.
 
+The stem's patch convolution (`patch_conv2d`): on PyTorch, a convolution on a channels-last
+view as above; elsewhere `keras.ops.conv`.
+
+Under mixed precision, the shifted sums accumulate in float32, and JAX's 16-bit matmuls ask
+XLA for a float32 result, which is what reaches its native bfloat16 kernel.
+
 BatchNorm (`batch_norm`): in inference one pass rather than Keras' three: the backend's fused
 kernel on TensorFlow and PyTorch, elsewhere the moving statistics folded into one scale and one
 shift per channel (XLA fuses it into its neighbours). In float32 training on TensorFlow and
