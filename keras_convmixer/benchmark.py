@@ -146,9 +146,19 @@ def timm_weights(variant: str, seed: int = 0) -> dict:
     import torch
 
     torch.manual_seed(seed)
+    return {k: t.numpy() for k, t in timm_model(variant).state_dict().items()}
+
+
+def timm_model(variant: str, state_dict: dict | None = None):
+    """timm's ConvMixer of `variant`, with the weights of `state_dict` (NumPy arrays) if
+    given."""
+    import torch
+
     v = variant_from_name(variant)
     model = timm_convmixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, v.classes)
-    return {k: t.numpy() for k, t in model.state_dict().items()}
+    if state_dict is not None:
+        model.load_state_dict({k: torch.from_numpy(a) for k, a in state_dict.items()})
+    return model
 
 
 def timm_steps(
@@ -167,10 +177,7 @@ def timm_steps(
 
     v = variant_from_name(variant)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = timm_convmixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, v.classes)
-    if state_dict is not None:
-        model.load_state_dict({k: torch.from_numpy(a) for k, a in state_dict.items()})
-    model = model.to(device, memory_format=torch.channels_last)
+    model = timm_model(variant, state_dict).to(device, memory_format=torch.channels_last)
     x = torch.randn(batch, 3, image_size, image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, v.classes, (batch,), device=device)

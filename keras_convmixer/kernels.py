@@ -7,9 +7,9 @@ Depthwise convolution (`depthwise_conv2d`):
 
 * `"native"`: the backend's grouped convolution (`keras.ops.depthwise_conv`). Fast in
   TensorFlow's oneDNN kernels and on GPUs. On PyTorch with channels-last tensors it calls
-  `torch.nn.functional.conv2d` on a channels-last *view* of the input, so no transposed copy is
-  made (Keras' generic path copies the input and output of every convolution: 19% of the
-  forward time of ConvMixer-768/32, measured).
+  `torch.nn.functional.conv2d` on a channels-last *view* of the input (`_torch_conv2d`), so
+  no transposed copy is made (Keras' generic path copies the input and output of every
+  convolution: 19% of the forward time of ConvMixer-768/32, measured).
 * `"shift"`: k² shifted multiply-adds over a padded input. XLA's CPU backend runs grouped
   convolutions as a generic loop (measured on 2 cores: 645 ms forward for one 7×7 layer of
   ConvMixer-768/32 at batch 8, against 38-57 ms for this form, which XLA fuses into
@@ -194,7 +194,8 @@ def depthwise_conv2d(x, kernel, bias, data_format: str = "channels_last", impl: 
     kernel = ops.cast(kernel, x.dtype)
     bias = ops.cast(bias, x.dtype)
     if data_format == "channels_last" and keras.backend.backend() == "torch":
-        return _torch_depthwise(x, kernel, bias)
+        weight = kernel.permute(2, 3, 0, 1)  # (C, 1, k, k)
+        return _torch_conv2d(x, weight, bias, same_padding(kernel.shape[0]), groups=x.shape[-1])
     out = ops.depthwise_conv(x, kernel, strides=1, padding="same", data_format=data_format)
     return out + _channel_bias(bias, data_format)
 
@@ -203,21 +204,17 @@ def _channel_bias(bias, data_format: str):
     return ops.reshape(bias, (-1, 1, 1)) if data_format == "channels_first" else bias
 
 
-def _torch_depthwise(x, kernel, bias):
+def _torch_conv2d(x, weight, bias, padding: tuple[int, int] = (0, 0), **options):
+    """`torch.nn.functional.conv2d` of a channels-last (NHWC) tensor, padded (before, after)
+    on both spatial axes. It runs on the NCHW view with channels-last strides: oneDNN takes it
+    without a copy and returns channels-last memory, so the permute back is a view too."""
     from torch.nn import functional
 
-    k = kernel.shape[0]
-    before, after = same_padding(k)
-    # NHWC -> NCHW as a view with channels-last strides: oneDNN runs it without a copy and
-    # returns channels-last memory, so the permute back is a view too.
     x = x.permute(0, 3, 1, 2)
-    weight = kernel.permute(2, 3, 0, 1)  # (C, 1, k, k)
-    if before == after:
-        out = functional.conv2d(x, weight, bias, padding=before, groups=x.shape[1])
-    else:
-        x = functional.pad(x, (before, after, before, after))
-        out = functional.conv2d(x, weight, bias, groups=x.shape[1])
-    return out.permute(0, 2, 3, 1)
+    before, after = padding
+    if before != after:
+        x, before = functional.pad(x, (before, after, before, after)), 0
+    return functional.conv2d(x, weight, bias, padding=before, **options).permute(0, 2, 3, 1)
 
 
 def patch_conv2d(x, kernel, bias, patch_size: int, data_format: str = "channels_last"):
@@ -228,11 +225,7 @@ def patch_conv2d(x, kernel, bias, patch_size: int, data_format: str = "channels_
     kernel = ops.cast(kernel, x.dtype)
     bias = ops.cast(bias, x.dtype)
     if data_format == "channels_last" and keras.backend.backend() == "torch":
-        from torch.nn import functional
-
-        weight = kernel.permute(3, 2, 0, 1)  # (out, in, p, p)
-        out = functional.conv2d(x.permute(0, 3, 1, 2), weight, bias, stride=patch_size)
-        return out.permute(0, 2, 3, 1)
+        return _torch_conv2d(x, kernel.permute(3, 2, 0, 1), bias, stride=patch_size)
     out = ops.conv(x, kernel, strides=patch_size, padding="valid", data_format=data_format)
     return out + _channel_bias(bias, data_format)
 
@@ -247,13 +240,9 @@ def pointwise_conv2d(x, kernel, bias, activation, data_format: str = "channels_l
             ops.conv(x, kernel, data_format=data_format) + _channel_bias(bias, data_format)
         )
     if keras.backend.backend() == "torch":
-        from torch.nn import functional
-
-        # oneDNN's 1×1 convolution on a channels-last view: 15% faster than `addmm` (43.7 vs
-        # 51.6 ms for ConvMixer-768/32 at batch 8) and no copies, as in `_torch_depthwise`.
-        weight = kernel.permute(3, 2, 0, 1)  # (out, in, 1, 1)
-        out = functional.conv2d(x.permute(0, 3, 1, 2), weight, bias)
-        return activation(out.permute(0, 2, 3, 1))
+        # oneDNN's 1×1 convolution: 15% faster than `addmm` (43.7 vs 51.6 ms for
+        # ConvMixer-768/32 at batch 8).
+        return activation(_torch_conv2d(x, kernel.permute(3, 2, 0, 1), bias))
     # A reshape rather than kernel[0, 0]: its gradient is free, a slice's is a scatter
     # (StridedSliceGrad: about 3% of a TensorFlow training step of ConvMixer-768/32).
     matrix = ops.reshape(kernel, kernel.shape[2:])
@@ -281,10 +270,10 @@ def batch_norm(norm: keras.layers.BatchNormalization, x, training):
     """`norm(x)`; in inference, one pass: the backend's fused kernel on TensorFlow and PyTorch,
     elsewhere the moving statistics folded into one scale and shift."""
     if training and norm.trainable:
-        if _fused_applies(norm, x, "float32"):
+        if _fused_applies(norm, x) and keras.backend.standardize_dtype(x.dtype) == "float32":
             return _fused_training(norm, x)
         return norm(x, training=True)
-    if _fused_applies(norm, x, keras.backend.standardize_dtype(x.dtype)):
+    if _fused_applies(norm, x):
         return _fused_inference(norm, x)
     scale = norm.gamma * ops.rsqrt(norm.moving_variance + norm.epsilon)
     shift = norm.beta - norm.moving_mean * scale
@@ -294,14 +283,13 @@ def batch_norm(norm: keras.layers.BatchNormalization, x, training):
     return x * scale + shift
 
 
-def _fused_applies(norm: keras.layers.BatchNormalization, x, dtype: str) -> bool:
-    """Whether the backend's fused BatchNorm kernel computes `norm` on `x` (for `dtype`)."""
+def _fused_applies(norm: keras.layers.BatchNormalization, x) -> bool:
+    """Whether the backend's fused BatchNorm kernel computes `norm` on `x`."""
     backend = keras.backend.backend()
     channels_last = norm.axis in (-1, 3)
     return (
         (backend == "torch" or (backend == "tensorflow" and channels_last))
         and len(x.shape) == 4
-        and keras.backend.standardize_dtype(x.dtype) == dtype
         and norm.center
         and norm.scale
         and not norm.synchronized

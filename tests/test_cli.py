@@ -124,17 +124,12 @@ def test_benchmark_gives_timm_and_keras_the_same_weights():
     from timm_shim import import_timm
 
     from keras_convmixer import benchmark
-    from keras_convmixer.model import variant_from_name
 
     assert import_timm() is not None
     weights = benchmark.timm_weights(TINY, seed=1)
     assert any(np.abs(a).max() > 0 for k, a in weights.items() if k.endswith("bias"))
     ours = benchmark.keras_model(TINY, weights)
-    v = variant_from_name(TINY)
-    reference = benchmark.timm_convmixer(
-        v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, v.classes
-    )
-    reference.load_state_dict({k: torch.from_numpy(a) for k, a in weights.items()})
+    reference = benchmark.timm_model(TINY, weights)
     x = np.random.default_rng(2).normal(size=(2, 3, 32, 32)).astype("float32")
     with torch.no_grad():
         expected = reference.eval()(torch.from_numpy(x)).softmax(-1).numpy()
