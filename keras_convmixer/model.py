@@ -14,6 +14,7 @@ import numpy as np
 from keras import layers
 
 from keras_convmixer import imagenet
+from keras_convmixer.kernels import tune_xla_cpu
 from keras_convmixer.layers import (
     ConvMixerBlock,
     PatchEmbedding,
@@ -206,6 +207,7 @@ def ConvMixer(
         data_format=data_format,
     )
 
+    tune_xla_cpu(keras.config.dtype_policy().compute_dtype)
     if input_tensor is None:
         inputs = keras.Input(shape=input_shape, name="image")
     elif keras.backend.is_keras_tensor(input_tensor):

@@ -385,3 +385,60 @@ def test_fused_training_batch_norm_matches_keras(axis):
     assert np.abs(fused[5] - 1.0).max() > 0.05  # the statistics moved
     for ours, theirs in zip(fused, reference, strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+XLA_TUNING_SCRIPT = """
+import os, sys
+import keras
+import jax, jax.numpy as jnp
+import keras_convmixer
+if sys.argv[1] == "started":
+    jnp.zeros(1).block_until_ready()
+keras.config.set_dtype_policy(sys.argv[2])
+keras_convmixer.ConvMixer(8, 1, kernel_size=3, patch_size=2, classes=2)
+x = jnp.ones((64, 64), "float32")
+hlo = jax.jit(lambda a: a @ a).lower(x).compile().as_text()
+print(os.environ.get("XLA_FLAGS"), "ynn-dot" if "__ynn_fusion" in hlo else "eigen-dot")
+"""
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="XLA's CPU flags: JAX")
+@pytest.mark.parametrize(
+    "start, policy, user_flags, expected",
+    [
+        ("fresh", "float32", "", "--xla_cpu_experimental_ynn_fusion_type=reduce eigen-dot"),
+        (
+            "fresh",
+            "mixed_bfloat16",
+            "",
+            "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce ynn-dot",
+        ),
+        ("started", "float32", "", "None ynn-dot"),
+        (
+            "fresh",
+            "float32",
+            "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
+            "--xla_cpu_experimental_ynn_fusion_type=individual_dot ynn-dot",
+        ),
+    ],
+)
+def test_jax_cpu_matmuls_leave_ynnpack_in_float32(start, policy, user_flags, expected):
+    import subprocess
+    import sys
+
+    import jaxlib
+
+    if not jaxlib.__version__.startswith("0.10."):
+        pytest.skip("the flag is set on jaxlib 0.10 only")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if user_flags:
+        env["XLA_FLAGS"] = user_flags
+    run = subprocess.run(
+        [sys.executable, "-c", XLA_TUNING_SCRIPT, start, policy],
+        env={**env, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == expected
