@@ -8,6 +8,7 @@ warm-up: the median of several timed repeats, with the min and max, plus the fir
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import resource
 import statistics
@@ -216,10 +217,11 @@ def machine() -> dict:
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
         "devices": list_devices(),
+        "xla_flags": os.environ.get("XLA_FLAGS"),  # set by `kernels.tune_xla_cpu` on JAX
     }
     try:
         with open("/proc/cpuinfo") as f:

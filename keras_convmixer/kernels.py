@@ -29,6 +29,9 @@ for channels-first.
 The stem's patch convolution (`patch_conv2d`): on PyTorch, a convolution on a channels-last
 view as above; elsewhere `keras.ops.conv`.
 
+On JAX, `tune_xla_cpu` keeps XLA's CPU backend from handing float32 matmuls to YNNPACK
+(slower there than XLA's own kernel); the model builder calls it.
+
 Under mixed precision, the shifted sums accumulate in float32, and JAX's 16-bit matmuls ask
 XLA for a float32 result, which is what reaches its native bfloat16 kernel.
 
