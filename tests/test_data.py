@@ -135,6 +135,29 @@ def test_random_erasing_boxes_and_noise_follow_timm():
     assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1) < 0.01  # per-pixel N(0, 1)
 
 
+def test_randaugment_shears_skip_only_the_identity_resampling():
+    import keras_cv
+
+    augmenter = augment.BatchAugmenter(training.get_recipe("imagenet"))
+    shears = [
+        layer
+        for layer in augmenter.randaugment.layers
+        if isinstance(layer, keras_cv.layers.RandomShear)
+    ]
+    assert [(s.x_factor is None, s.y_factor is None) for s in shears] == [
+        (False, True),
+        (True, False),
+    ]
+    # keras-cv's resampling with a zero shear gives back the image exactly.
+    images = tf.random.stateless_uniform((4, 24, 20, 3), (1, 2), maxval=255.0)
+    amount = tf.constant([[0.3], [-0.2], [0.9], [0.0]])
+    layer = keras_cv.layers.RandomShear(x_factor=0.5, y_factor=0.5)
+    sheared = layer.augment_images(images, {"shear_x": amount, "shear_y": tf.zeros((4, 1))})
+    expected = layer.augment_images(images, {"shear_x": amount, "shear_y": None})
+    np.testing.assert_array_equal(sheared.numpy(), expected.numpy())
+    assert np.abs(expected.numpy()[0] - images.numpy()[0]).max() > 10  # a real shear
+
+
 def test_cutmix_uses_the_recipes_alpha():
     """Beta(α, α) weights: E[λ(1-λ)] = α / (2(2α + 1)) = 0.125 at α = 0.5 (alpha drawn from
     (0, 0.5) instead, as a bare number would make Keras' CutMix do, gives 0.077)."""
