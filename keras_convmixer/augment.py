@@ -9,6 +9,13 @@
   batch every image gets the same ops; mapped per example it runs every candidate op and keeps
   one: 33 images/s against keras-cv's 956 at 224² on this project's 2-core CPU
   (benchmarks/pipeline.py). Its two shears skip an identity resampling (`_single_axis_shears`).
+  It is keras-cv's policy, not a port of timm's: 10 ops (AutoContrast, Equalize, Solarize
+  with its addition, Color, Contrast, Brightness, ShearX/Y, TranslateX/Y) where timm's `rand`
+  has 15 (also Invert, Rotate, Posterize, Sharpness, and SolarizeAdd on its own). Color,
+  Solarize and the shears draw their magnitude from N(m, std) as timm does; Contrast,
+  Brightness and Translate draw uniformly up to m: a contrast factor in [0.1, 1.9], an
+  additive brightness shift up to ±0.9·255 (timm's is multiplicative), a translation up to
+  ±0.9 of the size with a reflected fill (timm: ±0.405 with the mean colour) at m = 0.9.
 * MixUp, CutMix: Keras 3's layers, on batches. They draw a weight (and box) per image, as
   timm's "elem" mode does (timm's default draws one per batch).
 * RandomErasing: `random_erasing` below, the one op written here. Keras 3's `RandomErasing`
