@@ -133,6 +133,8 @@ def test_random_erasing_boxes_and_noise_follow_timm():
     assert ratio.min() >= 0.25 and ratio.max() <= 3.4 and area.mean() > 0.12
     noise = images[changed]
     assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1) < 0.01  # per-pixel N(0, 1)
+    untouched = tf.fill((3, 8, 8, 3), 10.0)  # no image erased: nothing to scatter
+    np.testing.assert_array_equal(augment.random_erasing(untouched, 0.0).numpy(), untouched.numpy())
 
 
 def test_randaugment_shears_skip_only_the_identity_resampling():
