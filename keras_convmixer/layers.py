@@ -21,7 +21,13 @@ import keras
 from keras import layers
 
 from keras_convmixer.distribute import sync_batch_norm
-from keras_convmixer.kernels import batch_norm, depthwise_conv2d, patch_conv2d, pointwise_conv2d
+from keras_convmixer.kernels import (
+    batch_norm,
+    depthwise_conv2d,
+    global_average_pool,
+    patch_conv2d,
+    pointwise_conv2d,
+)
 
 BATCH_NORM = {"epsilon": 1e-5, "momentum": 0.9}
 PACKAGE = "keras_convmixer"
@@ -204,3 +210,12 @@ class ConvMixerBlock(_ConvActNorm):
             "kernel_size": self.kernel_size,
             "depthwise_impl": self.depthwise_impl,
         }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GlobalAveragePooling(layers.GlobalAveragePooling2D):
+    """Keras' `GlobalAveragePooling2D`, computed by `kernels.global_average_pool` (the same
+    mean, in the form XLA's CPU backend runs well)."""
+
+    def call(self, inputs):
+        return global_average_pool(inputs, self.data_format, self.keepdims)

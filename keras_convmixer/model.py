@@ -17,6 +17,7 @@ from keras_convmixer import imagenet
 from keras_convmixer.kernels import tune_xla_cpu
 from keras_convmixer.layers import (
     ConvMixerBlock,
+    GlobalAveragePooling,
     PatchEmbedding,
     check_data_format,
     check_positive_int,
@@ -229,7 +230,7 @@ def ConvMixer(
             name=f"block_{i}",
         )(x)
     if include_top:
-        x = layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+        x = GlobalAveragePooling(data_format=data_format, name="avg_pool")(x)
         x = layers.Dense(
             classes,
             activation=classifier_activation,
@@ -237,7 +238,7 @@ def ConvMixer(
             name="predictions",
         )(x)
     elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+        x = GlobalAveragePooling(data_format=data_format, name="avg_pool")(x)
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
 

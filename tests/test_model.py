@@ -9,7 +9,7 @@ from conftest import BACKEND, small_model, to_numpy
 from reference import forward
 
 import keras_convmixer
-from keras_convmixer.layers import ConvMixerBlock, PatchEmbedding
+from keras_convmixer.layers import ConvMixerBlock, GlobalAveragePooling, PatchEmbedding
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
@@ -198,6 +198,7 @@ def test_saved_model_export_serves_any_size(tmp_path):
     [
         PatchEmbedding(8, 4, activation="relu", data_format="channels_first", name="p"),
         ConvMixerBlock(8, 5, activation="gelu", depthwise_impl="shift", name="b"),
+        GlobalAveragePooling(data_format="channels_first", keepdims=True, name="g"),
     ],
 )
 def test_layer_config_round_trip(layer):
@@ -206,6 +207,19 @@ def test_layer_config_round_trip(layer):
     assert clone.get_config() == config
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(restored) is type(layer) and restored.get_config() == config
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_global_average_pooling_is_the_spatial_mean(data_format, keepdims):
+    x = np.random.default_rng(8).normal(2.0, 1.0, (2, 5, 3, 6)).astype("float32")
+    spatial = (1, 2) if data_format == "channels_last" else (2, 3)
+    expected = x.astype("float64").mean(axis=spatial, keepdims=keepdims)
+    layer = GlobalAveragePooling(data_format=data_format, keepdims=keepdims)
+    np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-6)
+    inputs = keras.Input(x.shape[1:])
+    compiled = keras.Model(inputs, layer(inputs))
+    np.testing.assert_allclose(to_numpy(compiled.predict_on_batch(x)), expected, rtol=1e-6)
 
 
 def test_model_saved_under_another_backend_loads_here():
@@ -420,34 +434,37 @@ print(os.environ.get("XLA_FLAGS"), "ynn-dot" if "__ynn_fusion" in hlo else "eige
 """
 
 
+YNN = "--xla_cpu_experimental_ynn_fusion_type"
+WIDTH = "--xla_cpu_prefer_vector_width"
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="XLA's CPU flags: JAX")
 @pytest.mark.parametrize(
     "start, policy, user_flags, expected",
     [
-        ("fresh", "float32", "", "--xla_cpu_experimental_ynn_fusion_type=reduce eigen-dot"),
-        (
-            "fresh",
-            "mixed_bfloat16",
-            "",
-            "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce ynn-dot",
-        ),
+        ("fresh", "float32", "", f"{YNN}=reduce <width> eigen-dot"),
+        ("fresh", "mixed_bfloat16", "", f"{YNN}=individual_dot,reduce <width> ynn-dot"),
         ("started", "float32", "", "None ynn-dot"),
-        (
-            "fresh",
-            "float32",
-            "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
-            "--xla_cpu_experimental_ynn_fusion_type=individual_dot ynn-dot",
-        ),
+        ("fresh", "float32", f"{YNN}=individual_dot", f"{YNN}=individual_dot <width> ynn-dot"),
+        ("fresh", "float32", f"{WIDTH}=256", f"{WIDTH}=256 {YNN}=reduce eigen-dot"),
     ],
 )
-def test_jax_cpu_matmuls_leave_ynnpack_in_float32(start, policy, user_flags, expected):
+def test_jax_cpu_flags_are_set_before_jax_starts_and_never_override_the_user(
+    start, policy, user_flags, expected
+):
     import subprocess
     import sys
 
     import jaxlib
 
+    from keras_convmixer.kernels import _has_avx512
+
     if not jaxlib.__version__.startswith("0.10."):
-        pytest.skip("the flag is set on jaxlib 0.10 only")
+        pytest.skip("the flags are set on jaxlib 0.10 only")
+    if sys.platform == "linux":  # NumPy's own CPU detection, an independent reading
+        assert _has_avx512() == np._core._multiarray_umath.__cpu_features__.get("AVX512F", False)
+    width = f"{WIDTH}=512" if _has_avx512() else ""
+    expected = " ".join(expected.replace("<width>", width).split())
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if user_flags:
         env["XLA_FLAGS"] = user_flags
