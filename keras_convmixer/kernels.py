@@ -273,9 +273,7 @@ def global_average_pool(x, data_format: str = "channels_last", keepdims: bool = 
     weights = ops.full((height, width), 1.0 / (height * width), "float32")
     spec = "nhwc,hw->nc" if spatial == (1, 2) else "nchw,hw->nc"
     mean = ops.cast(ops.einsum(spec, ops.cast(x, "float32"), weights), x.dtype)
-    if not keepdims:
-        return mean
-    return mean[:, None, None, :] if spatial == (1, 2) else mean[:, :, None, None]
+    return ops.expand_dims(mean, spatial) if keepdims else mean
 
 
 def _channel_bias(bias, data_format: str):
