@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from keras_convmixer.distribute import sync_batch_norm
 from keras_convmixer.kernels import (
@@ -195,7 +195,9 @@ class ConvMixerBlock(_ConvActNorm):
             data_format=self.data_format,
             impl=self.depthwise_impl,
         )
-        x = batch_norm(self.depthwise_norm, self.activation(mixed), training) + inputs
+        # `mixed` may be float32 under mixed precision (see `depthwise_conv2d`): one rounding.
+        x = batch_norm(self.depthwise_norm, self.activation(mixed), training)
+        x = ops.cast(ops.add(x, inputs), inputs.dtype)
         mixed = pointwise_conv2d(
             x, self.pointwise.kernel, self.pointwise.bias, self.activation, self.data_format
         )

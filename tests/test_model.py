@@ -256,18 +256,21 @@ def test_mixed_precision(policy, dtype_policy):
     assert keras.backend.standardize_dtype(features["block_1"].dtype) == compute
 
 
+@pytest.mark.parametrize("depthwise_impl", ["auto", "shift"])
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_follows_float32(policy, dtype_policy):
+def test_mixed_precision_follows_float32(policy, depthwise_impl, dtype_policy):
     """Same weights: logits and one SGD step's weight changes (the gradients) under a mixed
     policy are float32's up to 16-bit rounding; a dropped bias, a wrong cast or a broken
     gradient path is far outside that."""
+    if BACKEND == "torch" and depthwise_impl == "shift":
+        pytest.skip("the shift form is for XLA (JAX, TensorFlow)")
     rng = np.random.default_rng(3)
     x = rng.normal(size=(4, 12, 12, 3)).astype("float32")
     y = np.eye(5, dtype="float32")[[0, 1, 2, 4]]
     results = {}
     for name in ("float32", policy):
         dtype_policy(name)
-        model = small_model()
+        model = small_model(depthwise_impl=depthwise_impl)
         logits = to_numpy(model(x))
         before = [to_numpy(v) for v in model.trainable_weights]
         model.compile(keras.optimizers.SGD(1.0), keras.losses.CategoricalCrossentropy(True))
@@ -376,6 +379,24 @@ def test_shift_depthwise_gradients_match_the_native_convolution(kernel_size, dat
 
     for native, shift in zip(gradients("native"), gradients("shift"), strict=True):
         np.testing.assert_allclose(shift, native, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="the shift form is for XLA (JAX, TensorFlow)")
+def test_shift_depthwise_keeps_16_bit_inputs_sums_in_float32():
+    """The shifted sums of a bfloat16 input come back unrounded, in float32, for the block to
+    round once after its activation, BatchNorm and residual."""
+    from keras_convmixer.kernels import depthwise_conv2d
+
+    rng = np.random.default_rng(4)
+    x = keras.ops.cast(rng.normal(size=(2, 6, 6, 8)), "bfloat16")
+    kernel = rng.normal(size=(3, 3, 8, 1)).astype("float32")
+    bias = rng.normal(size=8).astype("float32")
+    out = depthwise_conv2d(x, kernel, bias, impl="shift")
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    exact = depthwise_conv2d(keras.ops.cast(x, "float32"), kernel, bias, impl="native")
+    np.testing.assert_allclose(to_numpy(out), to_numpy(exact), rtol=1e-5, atol=1e-5)
+    # Rounded to bfloat16, the sums would be off by up to 2^-9 of their size.
+    assert np.abs(to_numpy(out) - to_numpy(exact)).max() < 1e-4
 
 
 def _training_batch_norm(norm, x, upstream, fused):
