@@ -202,7 +202,7 @@ def _depthwise_weight_grad(x, grad, k: int, data_format: str):
     (rows: the k padded input rows h..h+k-1), the k × k window sums of one row written out
     over w, which XLA fuses into one loop vectorised over the channels. 38 ms for one 7×7
     layer of ConvMixer-768/32 at batch 8 on 2 cores, against 157 for banded matrix products
-    and 410 for k² separate reductions (XLA's CPU reductions keep no vector accumulators).
+    and 410 for k² separate reductions.
     """
     import jax.numpy as jnp
     from jax import lax
