@@ -1,8 +1,10 @@
-"""Throughput of a ConvMixer on the current backend, optionally beside timm in the same process.
+"""Throughput of a ConvMixer on the current backend, optionally beside timm in the same process,
+and how far a mixed-precision policy moves its predictions.
 
 Run through `keras-convmixer benchmark` (see `--help`). Figures are images per second after
 warm-up: the median of several timed repeats, with the min and max, plus the first call's time
 (tracing / compilation) and peak memory. Nothing here asserts a speed.
+`keras-convmixer evaluate --compare-policy` reports `policy_agreement`.
 """
 
 from __future__ import annotations
@@ -65,6 +67,46 @@ def measure(steps: dict, batch: int, warmup: int, repeats: int) -> list[Result]:
         Result(name, mode, statistics.median(r), min(r), max(r), first[(name, mode)], memory)
         for (name, mode), r in rates.items()
     ]
+
+
+def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
+    """A copy of `model`, same weights, whose layers compute under the dtype `policy`, except its
+    output layers, which stay float32 as `ConvMixer` builds them under a mixed policy."""
+    outputs = set(model.output_names)
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name not in outputs:
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def policy_agreement(model: keras.Model, batches, policy: str) -> dict:
+    """Top-1 accuracy of `model` in float32 and under the dtype `policy` (copies with its
+    weights), the share of images whose top-1 class the two agree on, and the largest
+    difference of their outputs. `batches`: (images, one-hot labels) pairs of NumPy arrays."""
+    model, mixed = with_dtype_policy(model, "float32"), with_dtype_policy(model, policy)
+    labels, top, mixed_top, difference = [], [], [], 0.0
+    for images, one_hot in batches:
+        reference = np.asarray(model.predict_on_batch(images), "float32")
+        other = np.asarray(mixed.predict_on_batch(images), "float32")
+        difference = max(difference, float(np.abs(other - reference).max()))
+        labels.append(np.argmax(one_hot, axis=-1))
+        top.append(reference.argmax(axis=-1))
+        mixed_top.append(other.argmax(axis=-1))
+    labels, top, mixed_top = (np.concatenate(a) for a in (labels, top, mixed_top))
+    return {
+        "policy": policy,
+        "images": len(labels),
+        "top1_float32": float(np.mean(top == labels)),
+        "top1_policy": float(np.mean(mixed_top == labels)),
+        "top1_agreement": float(np.mean(top == mixed_top)),
+        "max_output_difference": difference,
+    }
 
 
 def peak_memory_mb() -> float:

@@ -283,6 +283,14 @@ def cmd_evaluate(args) -> int:
     batches = data.eval_pipeline(source, count, recipe, batch_size=args.batch_size or 64)
     results = model.evaluate(batches, return_dict=True, verbose=1)
     print(f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}")
+    if args.compare_policy:
+        from keras_convmixer.benchmark import policy_agreement
+
+        agreement = policy_agreement(model, batches.as_numpy_iterator(), args.compare_policy)
+        print(
+            f"{args.compare_policy}: top-1 {agreement['top1_policy']:.4f}, top-1 agreement "
+            f"with float32 {agreement['top1_agreement']:.4f} ({agreement['images']} images)"
+        )
     return 0
 
 
@@ -374,6 +382,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
     p.add_argument("--weights", default="imagenet", help="'imagenet', a weights file or a .keras")
     p.add_argument("--split", help="default: val (folders), test or validation (tfds)")
+    p.add_argument(
+        "--compare-policy",
+        choices=("mixed_bfloat16", "mixed_float16"),
+        help="also run the model under this dtype policy; report its top-1 agreement with float32",
+    )
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("benchmark", parents=[common], help="throughput, optionally beside timm")

@@ -201,7 +201,13 @@ def test_train_on_an_image_folder_then_evaluate(tmp_path):
         "cifar10",
         "--classes-file",
         str(out / "classes.json"),
+        "--compare-policy",
+        "mixed_bfloat16",
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    top1 = float(evaluated.stdout.strip().splitlines()[-1].split()[1])
-    assert top1 == pytest.approx(accuracy, abs=1e-4)
+    *_, scores, agreement = evaluated.stdout.strip().splitlines()
+    assert float(scores.split()[1]) == pytest.approx(accuracy, abs=1e-4)
+    print(f"CLI evaluate: {agreement}", file=sys.stderr)
+    words = agreement.replace(",", "").split()
+    assert words[0] == "mixed_bfloat16:" and words[-2:] == [f"({len(x_val)}", "images)"]
+    assert float(words[2]) >= 0.85 and float(words[7]) >= 0.95

@@ -289,6 +289,36 @@ def test_mixed_precision_follows_float32(policy, depthwise_impl, dtype_policy):
     assert max(errors) < (0.02 if policy == "mixed_float16" else 0.15), errors
 
 
+def test_policy_agreement_compares_float32_with_a_model_built_under_the_policy(dtype_policy):
+    """The copy under the policy computes what a model built under it computes with the same
+    weights, and the figures are those of the two models' predictions."""
+    from keras_convmixer.benchmark import policy_agreement, with_dtype_policy
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 24, 12, 12, 3)).astype("float32")
+    y = np.eye(5, dtype="float32")[rng.integers(0, 5, (2, 24))]
+    model = small_model()
+    copy = with_dtype_policy(model, "mixed_bfloat16")
+    assert copy.get_layer("block_0").compute_dtype == "bfloat16"
+    assert copy.get_layer("predictions").compute_dtype == "float32"
+    dtype_policy("mixed_bfloat16")
+    built = small_model()
+    built.set_weights(model.get_weights())
+    dtype_policy("float32")
+    mixed = np.concatenate([to_numpy(built.predict_on_batch(b)) for b in x])
+    np.testing.assert_allclose(np.concatenate([copy.predict_on_batch(b) for b in x]), mixed)
+    exact = np.concatenate([to_numpy(model.predict_on_batch(b)) for b in x])
+    labels = y.argmax(-1).ravel()
+    result = policy_agreement(model, zip(x, y, strict=True), "mixed_bfloat16")
+    assert result["images"] == 48
+    assert result["top1_float32"] == np.mean(exact.argmax(-1) == labels)
+    assert result["top1_policy"] == np.mean(mixed.argmax(-1) == labels)
+    assert result["top1_agreement"] == np.mean(exact.argmax(-1) == mixed.argmax(-1))
+    assert result["max_output_difference"] == pytest.approx(np.abs(mixed - exact).max())
+    # bfloat16 rounding of the logits, nothing more (as in the test above).
+    assert 0 < result["max_output_difference"] < 0.03 * np.abs(exact).max()
+
+
 def test_include_preprocessing_applies_imagenet_normalisation():
     model = small_model(include_preprocessing=True)
     plain = keras_convmixer.ConvMixer(16, 3, 3, 2, classes=5, classifier_activation=None)
