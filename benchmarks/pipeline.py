@@ -22,6 +22,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_convmixer import data, training
+from keras_convmixer.benchmark import write_json
 
 
 def photos(count: int, decoded: bool) -> tf.data.Dataset:
@@ -106,10 +107,7 @@ def main() -> None:
         "randaugment_only_images_per_s": randaugment_comparison(32, 5),
     }
     print(json.dumps(report, indent=2))
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(report, args.json)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ import keras
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from digits import digits_32  # noqa: E402
+from digits import digits_32, digits_recipe  # noqa: E402
 
 import keras_convmixer  # noqa: E402
 from keras_convmixer import data, training  # noqa: E402
-from keras_convmixer.benchmark import policy_agreement  # noqa: E402
+from keras_convmixer.benchmark import policy_agreement, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -36,15 +36,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     x_train, y_train, x_val, y_val = digits_32()
-    recipe = training.get_recipe(
-        "cifar10",
-        flip=False,
-        randaugment_magnitude=0.2,
-        batch_size=64,
-        epochs=args.epochs,
-        lr=0.01,
-        mixed_precision=False,
-    )
+    recipe = digits_recipe(args.epochs)
     train = data.train_pipeline(data.from_arrays(x_train, y_train), 10, recipe, seed=0)
     val = data.eval_pipeline(data.from_arrays(x_val, y_val), 10, recipe, batch_size=120)
     keras.utils.set_random_seed(0)
@@ -63,10 +55,7 @@ def main() -> None:
         ],
     }
     print(json.dumps(report, indent=2))
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(report, args.json)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ warm-up: the median of several timed repeats, with the min and max, plus the fir
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import resource
@@ -253,6 +254,14 @@ def timm_steps(
     name = "timm/torch.compile" if compile_model else "timm"
     steps = {(name, "inference"): infer, (name, "train"): train}
     return {key: step for key, step in steps.items() if key[1] in modes}
+
+
+def write_json(report: dict, path: str | None) -> None:
+    """Writes `report` as JSON to `path` (its folder made if need be); nothing if no path."""
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2, default=str)
 
 
 def machine() -> dict:

@@ -147,15 +147,13 @@ def cmd_benchmark(args) -> int:
         f"{macs / 1e9:.2f} GMAC/image; {benchmark.machine().get('cpu')}"
     )
     print(benchmark.table(results, macs, args.peak_tflops))
-    if args.json:
-        report = {
-            "settings": vars(args) | {"run": None},
-            "machine": benchmark.machine(),
-            "gmac_per_image": macs / 1e9,
-            "results": [r.__dict__ for r in results],
-        }
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2, default=str)
+    report = {
+        "settings": vars(args) | {"run": None},
+        "machine": benchmark.machine(),
+        "gmac_per_image": macs / 1e9,
+        "results": [r.__dict__ for r in results],
+    }
+    benchmark.write_json(report, args.json)
     return 0
 
 

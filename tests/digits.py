@@ -14,3 +14,19 @@ def digits_32(seed: int = 0):
     split = int(0.8 * len(images))
     train, val = order[:split], order[split:]
     return images[train], digits.target[train], images[val], digits.target[val]
+
+
+def digits_recipe(epochs: int):
+    """The CIFAR-10 recipe fitted to digits: no flips (digits are not symmetric), mild
+    RandAugment, batch 64, lr 0.01, float32."""
+    from keras_convmixer import training
+
+    return training.get_recipe(
+        "cifar10",
+        flip=False,
+        randaugment_magnitude=0.2,
+        batch_size=64,
+        epochs=epochs,
+        lr=0.01,
+        mixed_precision=False,
+    )

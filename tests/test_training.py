@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND, to_numpy
-from digits import digits_32
+from digits import digits_32, digits_recipe
 
 import keras_convmixer
 from keras_convmixer import data, training
@@ -120,15 +120,7 @@ def test_backup_and_restore_resumes_to_the_same_weights(tmp_path):
 def test_learns_real_digits_through_the_pipeline():
     """scikit-learn's digits, upsampled to 32×32, through our pipeline and recipe."""
     x_train, y_train, x_val, y_val = digits_32()
-    recipe = training.get_recipe(
-        "cifar10",
-        flip=False,
-        randaugment_magnitude=0.2,
-        batch_size=64,
-        epochs=6,
-        lr=0.01,
-        mixed_precision=False,
-    )
+    recipe = digits_recipe(epochs=6)
     train = data.train_pipeline(data.from_arrays(x_train, y_train), 10, recipe, seed=0)
     val = data.eval_pipeline(data.from_arrays(x_val, y_val), 10, recipe, batch_size=128)
     keras.utils.set_random_seed(0)
