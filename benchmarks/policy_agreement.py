@@ -6,7 +6,8 @@ upsampled to 32×32, 80/20 split), through this package's pipeline and CIFAR-10 
 float32. Its held-out images then go through the model in float32 and under each mixed policy
 with the same weights (`keras_convmixer.benchmark.policy_agreement`):
 
-    KERAS_BACKEND=jax python benchmarks/policy_agreement.py --json results/policy_agreement_jax.json
+    KERAS_BACKEND=jax python benchmarks/policy_agreement.py \
+        --json benchmarks/results/policy_agreement_jax.json
 
 With real weights and data the same figures come from
 `keras-convmixer evaluate --model convmixer_768_32 --tfds imagenet2012 --manual-dir DIR
