@@ -3,7 +3,7 @@ RandAugment 2/9, normalisation, RandomErasing, MixUp/CutMix), on this machine's 
 decoded images held in memory, once decoding a JPEG per image as a pipeline over ImageNet's
 files does.
 
-    KERAS_BACKEND=jax python benchmarks/pipeline.py --json results/pipeline_jax.json
+    KERAS_BACKEND=jax python benchmarks/pipeline.py --json benchmarks/results/pipeline_jax.json
 
 Also times RandAugment alone two ways, to back the choice in `keras_convmixer.augment`:
 keras-cv's layer on a batch against Keras 3's layer mapped over single images.
