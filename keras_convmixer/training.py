@@ -50,6 +50,9 @@ class Recipe:
     std: tuple[float, float, float]
     crop_pct: float = 1.0
     mixed_precision: bool = True
+    # Batches whose averaged gradients make one update: the update's batch is batch_size times
+    # this (the paper's 640 is batch_size=64, accumulation_steps=10 on one device).
+    accumulation_steps: int = 1
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -132,6 +135,11 @@ def get_recipe(recipe: str | Recipe, **overrides) -> Recipe:
         value = getattr(recipe, name)
         if not low <= value <= high:
             raise ValueError(f"{name} must be in [{low}, {high}]. Received: {name}={value}")
+    steps = recipe.accumulation_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(
+            f"accumulation_steps must be an integer ≥ 1. Received: accumulation_steps={steps!r}"
+        )
     return recipe
 
 
@@ -191,17 +199,43 @@ class AdamW(keras.optimizers.AdamW):
 
 
 def make_optimizer(recipe: Recipe, total_steps: int) -> keras.optimizers.AdamW:
-    """AdamW with the recipe's one-cycle schedule, epsilon, weight decay and clipping."""
+    """AdamW with the recipe's one-cycle schedule, epsilon, weight decay, clipping and gradient
+    accumulation.
+
+    `total_steps` counts batches, as the schedule does (Keras steps it once per batch, also
+    when `recipe.accumulation_steps` batches make one update), so the schedule has the same
+    shape whatever the accumulation. Clipping applies to the averaged gradient of an update.
+    """
+    _check_accumulation_is_possible(recipe.accumulation_steps)
     optimizer = AdamW(
         learning_rate=OneCycle(recipe.lr, total_steps),
         weight_decay=recipe.weight_decay,
         epsilon=recipe.adam_epsilon,
         global_clipnorm=recipe.clipnorm,
+        gradient_accumulation_steps=recipe.accumulation_steps
+        if recipe.accumulation_steps > 1
+        else None,
     )
     if not recipe.decay_norm_and_bias:
         # timm decays only ≥2-D parameters: conv and dense kernels, not biases or BN's gamma/beta.
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
+
+
+def _check_accumulation_is_possible(steps: int) -> None:
+    """Keras' gradient accumulation updates inside a conditional, where `tf.distribute` cannot
+    synchronise replicas (it raises in `merge_call`); JAX's data parallelism has no such limit."""
+    if steps == 1 or keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        raise ValueError(
+            "accumulation_steps > 1 does not work under a TensorFlow distribution strategy with "
+            "several replicas: use a larger batch_size across the replicas, or the JAX backend. "
+            f"Received: accumulation_steps={steps} with {replicas} replicas"
+        )
 
 
 def make_loss(label_smoothing: float = 0.0) -> keras.losses.Loss:

@@ -91,6 +91,34 @@ print(f"mode={setup.mode} replicas={setup.replicas} workers={setup.num_workers} 
 """
 
 
+ACCUMULATION_UNDER_MIRRORED = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_convmixer import distribute, training
+setup = distribute.setup("mirrored")
+with setup.scope():
+    try:
+        training.make_optimizer(training.get_recipe("cifar10", accumulation_steps=2), 10)
+    except ValueError as error:
+        print(error)
+"""
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
+def test_gradient_accumulation_under_mirrored_strategy_says_why_not():
+    environment = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run(
+        [sys.executable, "-c", ACCUMULATION_UNDER_MIRRORED],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Received: accumulation_steps=2 with 2 replicas" in result.stdout, result.stdout
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
 def test_two_local_tensorflow_workers_form_a_cluster():
     """Two processes with TF_CONFIG on loopback ports all-reduce across workers. (Keras 3's

@@ -63,6 +63,47 @@ def test_weight_decay_excludes_biases_and_norm_parameters():
     assert all(everything._use_weight_decay(v) for v in model.trainable_variables)
 
 
+def test_gradient_accumulation_makes_one_clipped_update_of_the_mean_gradient():
+    """Two accumulated batches make the update AdamW makes with their mean gradient, clipped as
+    a whole, at the schedule's value for the second batch; nothing moves in between."""
+    recipe = training.get_recipe("imagenet", accumulation_steps=2)
+    rng = np.random.default_rng(4)
+    start = {"kernel": rng.normal(size=(3, 2)), "bias": rng.normal(size=(2,))}
+    # Gradients of norm ~5, so that global clipping at 1.0 matters.
+    grads = [[rng.normal(size=v.shape) * 2.0 for v in start.values()] for _ in range(4)]
+
+    def variables():
+        return [keras.Variable(v.astype("float32"), name=n) for n, v in start.items()]
+
+    def tensors(arrays):
+        return [keras.ops.convert_to_tensor(a, "float32") for a in arrays]
+
+    accumulated = variables()
+    optimizer = training.make_optimizer(recipe, total_steps=4)
+    for i, batch in enumerate(grads):
+        optimizer.apply(tensors(batch), accumulated)
+        if i == 0:
+            for variable, value in zip(accumulated, start.values(), strict=True):
+                np.testing.assert_array_equal(to_numpy(variable), value.astype("float32"))
+
+    schedule = training.OneCycle(recipe.lr, 4)
+
+    class AtSecondBatch(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return schedule(2 * step + 1)
+
+    updated = variables()
+    reference = training.make_optimizer(training.get_recipe(recipe, accumulation_steps=1), 2)
+    reference.learning_rate = AtSecondBatch()
+    for first, second in (grads[:2], grads[2:]):
+        reference.apply(tensors([(a + b) / 2 for a, b in zip(first, second, strict=True)]), updated)
+    for a, b, value in zip(accumulated, updated, start.values(), strict=True):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=1e-6, atol=1e-7)
+        assert np.abs(to_numpy(a) - value).max() > 1e-4  # it did move
+    with pytest.raises(ValueError, match=r"accumulation_steps must be an integer ≥ 1"):
+        training.get_recipe("cifar10", accumulation_steps=0)
+
+
 def test_freeze_backbone_and_first_blocks():
     model = keras_convmixer.ConvMixer(8, 4, 3, 2, classes=3)
     training.freeze(model, blocks=2)
