@@ -142,14 +142,15 @@ def cmd_benchmark(args) -> int:
             )
     results = benchmark.measure(steps, args.batch, args.warmup, args.repeats)
     macs = benchmark.macs_per_image(args.model, args.image_size)
+    machine = benchmark.machine()
     print(
         f"{args.model}, batch {args.batch}, {args.image_size}², {args.dtype_policy}, "
-        f"{macs / 1e9:.2f} GMAC/image; {benchmark.machine().get('cpu')}"
+        f"{macs / 1e9:.2f} GMAC/image; {machine.get('cpu')}"
     )
     print(benchmark.table(results, macs, args.peak_tflops))
     report = {
         "settings": vars(args) | {"run": None},
-        "machine": benchmark.machine(),
+        "machine": machine,
         "gmac_per_image": macs / 1e9,
         "results": [r.__dict__ for r in results],
     }
