@@ -107,16 +107,15 @@ with setup.scope():
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
 def test_gradient_accumulation_under_mirrored_strategy_says_why_not():
-    environment = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    result = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-c", ACCUMULATION_UNDER_MIRRORED],
-        env=environment,
-        capture_output=True,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=TIMEOUT,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Received: accumulation_steps=2 with 2 replicas" in result.stdout, result.stdout
+    (log,) = finish([process])
+    assert "Received: accumulation_steps=2 with 2 replicas" in log, log[-3000:]
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
