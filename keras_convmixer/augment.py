@@ -172,6 +172,20 @@ def _single_axis_shears(randaugment) -> None:
                     setattr(layer, axis, None)
 
 
+def _one_image_at_a_time(randaugment) -> None:
+    """keras-cv's RandAugment maps over the batch with `tf.map_fn`, whose iterations (10 at a
+    time in a graph) draw from the layers' shared stateful generators in whatever order the
+    threads reach them, so a seeded stream varied: images of a batch swapped their draws in 8
+    of 20 repeats of 32 images at 64². One iteration at a time makes the order fixed (0 of
+    30). A seeded ImageNet pipeline at 224² runs at 338–400 images/s on 2 cores this way,
+    against 397–411 with 10 iterations (unseeded: 442–494)."""
+
+    def sequential_map(func, inputs):
+        return tf.map_fn(func, inputs, parallel_iterations=1)
+
+    randaugment._map_fn = sequential_map
+
+
 class BatchAugmenter:
     """The batch-level part of a recipe: RandAugment, normalisation, RandomErasing, smoothing,
     then MixUp or CutMix (one of them per batch). `(images in [0, 255], one-hot labels) ->
@@ -192,6 +206,8 @@ class BatchAugmenter:
                 seed=seed,
             )
             _single_axis_shears(self.randaugment)
+            if seed is not None:
+                _one_image_at_a_time(self.randaugment)
         self.mixup = (
             keras.layers.MixUp(recipe.mixup_alpha, seed=seed) if recipe.mixup_alpha else None
         )
