@@ -16,6 +16,9 @@
   Brightness and Translate draw uniformly up to m: a contrast factor in [0.1, 1.9], an
   additive brightness shift up to ±0.9·255 (timm's is multiplicative), a translation up to
   ±0.9 of the size with a reflected fill (timm: ±0.405 with the mean colour) at m = 0.9.
+  Its magnitude samplers are seeded stateful ops: under a global seed (a seeded pipeline, or
+  `keras.utils.set_random_seed`) each sampler's sequence of draws restarts every epoch. Which
+  image gets which draw still changes, since the op choices come from generators.
 * MixUp, CutMix: Keras 3's layers, on batches. They draw a weight (and box) per image, as
   timm's "elem" mode does (timm's default draws one per batch).
 * RandomErasing: `random_erasing` below, the one op written here. Keras 3's `RandomErasing`
@@ -83,30 +86,21 @@ def example_transform(recipe: Recipe):
     return transform
 
 
-def op_seeds(seed: int | None, count: int) -> list[int | None]:
-    """`count` distinct op-level seeds derived from `seed` (all None without one): stateful
-    random ops of one graph that share an op seed draw the same numbers."""
-    if seed is None:
-        return [None] * count
-    return [(seed * 1_000_003 + i + 1) % 2**31 for i in range(count)]
-
-
-def random_erasing(
-    images, probability: float, area=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), seed: int | None = None
-):
+def random_erasing(images, probability: float, seed, area=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3)):
     """timm's RandomErasing in "pixel" mode on a batch of normalised channels-last images: with
     `probability`, one box of `area` (fraction of the image, uniform) and `ratio` (height / width,
     log-uniform) is filled with per-pixel N(0, 1) noise. Of 10 drawn boxes the first that fits
-    inside the image is used; if none fits, the image is kept."""
+    inside the image is used; if none fits, the image is kept. `seed`: a stateless seed (two
+    integers); the same seed erases the same way."""
     attempts = 10
     batch = tf.shape(images)[0]
     height, width = tf.shape(images)[1], tf.shape(images)[2]
     total = tf.cast(height * width, tf.float32)
 
-    draws = iter(op_seeds(seed, 6))
+    draws = iter(tf.unstack(tf.random.experimental.stateless_split(seed, 6)))
 
-    def uniform(shape, low=0.0, high=1.0, dtype=tf.float32):
-        return tf.random.uniform(shape, low, high, dtype=dtype, seed=next(draws))
+    def uniform(shape, low=0.0, high=1.0):
+        return tf.random.stateless_uniform(shape, next(draws), low, high)
 
     target = uniform([batch, attempts], *area) * total
     aspect = tf.exp(uniform([batch, attempts], *map(math.log, ratio)))
@@ -133,8 +127,8 @@ def random_erasing(
         ],
         axis=1,
     )
-    noise = tf.random.normal(
-        [tf.shape(pixel)[0], tf.shape(images)[3]], dtype=images.dtype, seed=next(draws)
+    noise = tf.random.stateless_normal(
+        [tf.shape(pixel)[0], tf.shape(images)[3]], next(draws), dtype=images.dtype
     )
     return tf.tensor_scatter_nd_update(images, index, noise)
 
@@ -188,8 +182,15 @@ def _one_image_at_a_time(randaugment) -> None:
 
 class BatchAugmenter:
     """The batch-level part of a recipe: RandAugment, normalisation, RandomErasing, smoothing,
-    then MixUp or CutMix (one of them per batch). `(images in [0, 255], one-hot labels) ->
-    (normalised images, soft labels)`."""
+    then MixUp or CutMix (one of them per batch). `(images in [0, 255], one-hot labels, seed) ->
+    (normalised images, soft labels)`.
+
+    `seed` (two integers, one pair per batch) keys the stateless draws: the erased boxes and
+    the MixUp/CutMix switch. keras-cv's and Keras' layers draw from their own generators,
+    seeded by the constructor's `seed`. A seeded stateful op such as `tf.random.uniform(seed=s)`
+    would not do here: inside `tf.data` it restarts with every new iterator, so every epoch
+    would erase and switch exactly as the first.
+    """
 
     def __init__(self, recipe: Recipe, seed: int | None = None):
         self.recipe = recipe
@@ -218,25 +219,25 @@ class BatchAugmenter:
             if recipe.cutmix_alpha
             else None
         )
-        self.seed = seed
 
-    def __call__(self, images, labels):
+    def __call__(self, images, labels, seed):
         recipe = self.recipe
+        erasing_seed, switch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         if self.randaugment is not None:
             images = self.randaugment(images, training=True)
         images = normalize(tf.cast(images, tf.float32), recipe.mean, recipe.std)
         if recipe.erasing_prob > 0:
-            images = random_erasing(images, recipe.erasing_prob, seed=self.seed)
+            images = random_erasing(images, recipe.erasing_prob, erasing_seed)
         labels = smooth_labels(tf.cast(labels, tf.float32), recipe.label_smoothing)
-        return self._mix(images, labels)
+        return self._mix(images, labels, switch_seed)
 
-    def _mix(self, images, labels):
+    def _mix(self, images, labels, seed):
         def apply(layer):
             mixed = layer({"images": images, "labels": labels}, training=True)
             return mixed["images"], mixed["labels"]
 
         if self.mixup and self.cutmix:
-            use_cutmix = tf.random.uniform([], seed=self.seed) < self.recipe.mix_switch_prob
+            use_cutmix = tf.random.stateless_uniform([], seed) < self.recipe.mix_switch_prob
             return tf.cond(use_cutmix, lambda: apply(self.cutmix), lambda: apply(self.mixup))
         if self.mixup or self.cutmix:
             return apply(self.mixup or self.cutmix)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from keras_convmixer.augment import BatchAugmenter, example_transform, normalize
@@ -145,22 +146,37 @@ def train_pipeline(
         tf.random.set_seed(seed)
     dataset = _shard_and_cache(dataset, cache, shard)
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    # Stateless seeds, one pair per example and one per batch, drawn anew every epoch.
+    example_seeds, batch_seeds = (
+        tf.data.Dataset.random(seed=stream_seed, rerandomize_each_iteration=True).batch(2)
+        for stream_seed in _stream_seeds(seed)
+    )
     transform = example_transform(recipe)
 
     def per_example(example, seed_pair):
         image, label = example
         return transform(image, seed_pair), tf.one_hot(label, num_classes)
 
-    dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+    dataset = tf.data.Dataset.zip((dataset, example_seeds)).map(
         per_example, num_parallel_calls=AUTOTUNE, deterministic=seed is not None
     )
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    # The batch-level layers draw from stateful generators: in parallel calls the draws would
-    # interleave, so a seeded stream runs them one batch at a time.
+    dataset = tf.data.Dataset.zip((dataset.batch(batch_size, drop_remainder=True), batch_seeds))
+    augmenter = BatchAugmenter(recipe, seed)
+
+    def per_batch(batch, seed_pair):
+        return augmenter(*batch, seed_pair)
+
+    # keras-cv's and Keras' batch layers draw from stateful generators: in parallel calls the
+    # draws would interleave, so a seeded stream runs them one batch at a time.
     parallel = None if seed is not None else AUTOTUNE
-    dataset = dataset.map(BatchAugmenter(recipe, seed), num_parallel_calls=parallel)
-    return dataset.prefetch(AUTOTUNE)
+    return dataset.map(per_batch, num_parallel_calls=parallel).prefetch(AUTOTUNE)
+
+
+def _stream_seeds(seed: int | None) -> tuple[int | None, int | None]:
+    """Two independent seeds for the example and batch seed streams (None, None without one)."""
+    if seed is None:
+        return None, None
+    return tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(2))
 
 
 def eval_pipeline(

@@ -1,5 +1,6 @@
 """Input pipelines on tfds mock data and on an image folder the test writes."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -83,6 +84,43 @@ def test_same_seed_same_stream_and_epochs_differ(cifar):
     assert np.abs(second_epoch[0] - first_a[0]).max() > 0.1
 
 
+@pytest.mark.parametrize("seed", [7, None])
+def test_erasing_and_the_mix_switch_draw_anew_every_epoch(seed):
+    """Seeded stateful ops (`tf.random.uniform(seed=s)`) restart with every `tf.data` iterator:
+    drawn that way, every epoch erased the same boxes and switched MixUp/CutMix in the same
+    batches as the first, with a pipeline seed or with only a global one."""
+    keras.utils.set_random_seed(5)
+    recipe = training.get_recipe(
+        "imagenet",
+        image_size=8,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        flip=False,
+        randaugment_ops=0,
+        label_smoothing=0.0,
+    )
+
+    def two_epochs(labels, **overrides):  # black (0) and white (1) images, 16 batches of 8
+        images = np.broadcast_to(labels[:, None, None, None] * 255, (128, 8, 8, 3))
+        dataset = data.from_arrays(images.astype(np.uint8), labels)
+        dataset = data.train_pipeline(dataset, 2, recipe, batch_size=8, seed=seed, **overrides)
+        return [np.stack([x.numpy() for x, _ in dataset]) for _ in range(2)]
+
+    # Erasing alone, on identical images: only the erased boxes can differ.
+    first, second = two_epochs(np.zeros(128, int), mixup_alpha=0.0, cutmix_alpha=0.0)
+    assert (first != first[0, 0, 0, 0]).any()  # boxes were erased
+    assert not np.array_equal(first, second)
+
+    # Mixing alone: CutMix leaves two values in some image of a batch, MixUp one in each.
+    def cutmix_batches(epoch):
+        spread = epoch.max(axis=(2, 3)) - epoch.min(axis=(2, 3))
+        return (spread > 1e-3).any(axis=(1, 2))
+
+    first, second = two_epochs(np.arange(128) % 2, erasing_prob=0.0)
+    assert 0 < cutmix_batches(first).sum() < 16
+    assert (cutmix_batches(first) != cutmix_batches(second)).any()
+
+
 def test_seeded_randaugment_does_not_depend_on_thread_timing():
     """keras-cv maps RandAugment over a batch with iterations that share stateful generators:
     unless they run one at a time, threads reorder the draws between images (seen in 8 of 20
@@ -96,7 +134,7 @@ def test_seeded_randaugment_does_not_depend_on_thread_timing():
         tf.random.set_seed(7)
         augmenter = augment.BatchAugmenter(recipe, seed=7)
         batches = tf.data.Dataset.from_tensor_slices(images).map(
-            lambda x: augmenter(x, tf.zeros((32, 2)))[0]
+            lambda x: augmenter(x, tf.zeros((32, 2)), tf.constant([0, 0], tf.int64))[0]
         )
         return np.stack([batch.numpy() for batch in batches])
 
@@ -145,20 +183,24 @@ def test_random_erasing_probability():
 
 
 def test_random_erasing_boxes_and_noise_follow_timm():
-    tf.random.set_seed(0)
-    images = augment.random_erasing(tf.fill((2000, 40, 30, 3), 10.0), 0.25, seed=3).numpy()
+    images = augment.random_erasing(tf.fill((2000, 40, 30, 3), 10.0), 0.25, [3, 0]).numpy()
     changed = (images != 10.0).any(axis=-1)
     erased = np.flatnonzero(changed.any(axis=(1, 2)))
     assert 0.21 < len(erased) / 2000 < 0.29
     rows, cols = changed.any(axis=2).sum(axis=1)[erased], changed.any(axis=1).sum(axis=1)[erased]
     np.testing.assert_array_equal(changed[erased].sum(axis=(1, 2)), rows * cols)  # one box
     area, ratio = rows * cols / (40 * 30), rows / cols
-    assert area.min() >= 0.02 - 0.01 and area.max() <= 1 / 3 + 0.02
-    assert ratio.min() >= 0.25 and ratio.max() <= 3.4 and area.mean() > 0.12
+    assert area.min() >= 0.02 - 0.01 and area.max() <= 1 / 3 + 0.02 and area.mean() > 0.12
+    # Sides are rounded from an aspect in [0.3, 1 / 0.3], log-uniform.
+    assert ((rows - 0.5) / (cols + 0.5)).max() <= 1 / 0.3
+    assert ((rows + 0.5) / (cols - 0.5)).min() >= 0.3
+    assert ratio.min() < 0.4 and ratio.max() > 2.5 and abs(np.log(ratio).mean()) < 0.1
     noise = images[changed]
     assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1) < 0.01  # per-pixel N(0, 1)
     untouched = tf.fill((3, 8, 8, 3), 10.0)  # no image erased: nothing to scatter
-    np.testing.assert_array_equal(augment.random_erasing(untouched, 0.0).numpy(), untouched.numpy())
+    np.testing.assert_array_equal(
+        augment.random_erasing(untouched, 0.0, [0, 0]).numpy(), untouched.numpy()
+    )
 
 
 def test_randaugment_shears_skip_only_the_identity_resampling():
