@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_convmixer.training import Recipe
@@ -84,6 +85,21 @@ def example_transform(recipe: Recipe):
         return image
 
     return transform
+
+
+PIPELINE_PARTS = ("examples", "batches", "randaugment", "mixup", "cutmix")
+
+
+def part_seed(seed: int | None, part: str) -> int | None:
+    """The seed of one random part of a pipeline (one of `PIPELINE_PARTS`), derived from the
+    pipeline's `seed` so that the parts draw independently; None without a seed. In
+    [1, 2**31): keras-cv's vectorized layers take `seed=0` as no seed and draw from
+    TensorFlow's global generator, which `tf.random.set_seed` does not seed; Keras' seed
+    generators on the PyTorch backend hold int32."""
+    if seed is None:
+        return None
+    derived = np.random.SeedSequence([seed, PIPELINE_PARTS.index(part)]).generate_state(1)[0]
+    return int(derived) % 2**31 or 1
 
 
 def random_erasing(images, probability: float, seed, area=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3)):
@@ -204,18 +220,20 @@ class BatchAugmenter:
                 magnitude=recipe.randaugment_magnitude,
                 magnitude_stddev=recipe.randaugment_std,
                 rate=recipe.randaugment_rate,
-                seed=seed,
+                seed=part_seed(seed, "randaugment"),
             )
             _single_axis_shears(self.randaugment)
             if seed is not None:
                 _one_image_at_a_time(self.randaugment)
         self.mixup = (
-            keras.layers.MixUp(recipe.mixup_alpha, seed=seed) if recipe.mixup_alpha else None
+            keras.layers.MixUp(recipe.mixup_alpha, seed=part_seed(seed, "mixup"))
+            if recipe.mixup_alpha
+            else None
         )
         self.cutmix = (
             # A (low, high) factor is the range alpha is drawn from; a single number x would
             # mean "alpha uniform in (0, x)", not timm's fixed alpha.
-            keras.layers.CutMix((recipe.cutmix_alpha,) * 2, seed=seed)
+            keras.layers.CutMix((recipe.cutmix_alpha,) * 2, seed=part_seed(seed, "cutmix"))
             if recipe.cutmix_alpha
             else None
         )

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import tensorflow as tf
 
-from keras_convmixer.augment import BatchAugmenter, example_transform, normalize
+from keras_convmixer.augment import BatchAugmenter, example_transform, normalize, part_seed
 from keras_convmixer.training import Recipe, get_recipe
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -148,8 +147,8 @@ def train_pipeline(
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     # Stateless seeds, one pair per example and one per batch, drawn anew every epoch.
     example_seeds, batch_seeds = (
-        tf.data.Dataset.random(seed=stream_seed, rerandomize_each_iteration=True).batch(2)
-        for stream_seed in _stream_seeds(seed)
+        tf.data.Dataset.random(seed=part_seed(seed, part), rerandomize_each_iteration=True).batch(2)
+        for part in ("examples", "batches")
     )
     transform = example_transform(recipe)
 
@@ -170,13 +169,6 @@ def train_pipeline(
     # draws would interleave, so a seeded stream runs them one batch at a time.
     parallel = None if seed is not None else AUTOTUNE
     return dataset.map(per_batch, num_parallel_calls=parallel).prefetch(AUTOTUNE)
-
-
-def _stream_seeds(seed: int | None) -> tuple[int | None, int | None]:
-    """Two independent seeds for the example and batch seed streams (None, None without one)."""
-    if seed is None:
-        return None, None
-    return tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(2))
 
 
 def eval_pipeline(

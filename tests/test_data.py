@@ -68,12 +68,14 @@ def test_mixing_makes_soft_labels(cifar):
     assert ((labels > 1e-3) & (labels < 1 - 1e-3)).any()  # some rows mix two classes
 
 
-def test_same_seed_same_stream_and_epochs_differ(cifar):
+@pytest.mark.parametrize("seed", [0, 7])
+def test_same_seed_same_stream_and_epochs_differ(cifar, seed):
+    """Seed 0 too: keras-cv's vectorized layers take a seed of 0 as none."""
     dataset, classes = cifar
 
     def make():
         return data.train_pipeline(
-            dataset, classes, "imagenet", batch_size=8, seed=7, image_size=32
+            dataset, classes, "imagenet", batch_size=8, seed=seed, image_size=32
         )
 
     a, b = make(), make()
@@ -157,11 +159,13 @@ def test_augmentation_differs_between_images_of_a_batch():
     images, _ = first_batch(data.train_pipeline(dataset, 2, recipe, batch_size=8, seed=0))
     distinct = {images[i].tobytes() for i in range(8)}
     assert len(distinct) == 8
+    # Every image gets two ops; two images come out the same only if both drew the same two of
+    # the ops without a magnitude (AutoContrast, Equalize): chance 0.04 for each image.
     only_randaugment = training.get_recipe(
-        recipe, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, image_size=40
+        recipe, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, image_size=40, randaugment_rate=1.0
     )
     images, _ = first_batch(data.train_pipeline(dataset, 2, only_randaugment, batch_size=8, seed=0))
-    assert len({images[i].tobytes() for i in range(8)}) >= 6
+    assert len({images[i].tobytes() for i in range(8)}) >= 7
 
 
 def test_random_erasing_probability():
