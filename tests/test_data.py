@@ -18,6 +18,19 @@ def first_batch(dataset):
     return images.numpy(), labels.numpy()
 
 
+def recipe_without_crop_flip_or_randaugment(image_size: int, **overrides):
+    """The ImageNet recipe where only the batch stages a test leaves on change the images."""
+    return training.get_recipe(
+        "imagenet",
+        image_size=image_size,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        flip=False,
+        randaugment_ops=0,
+        **overrides,
+    )
+
+
 @pytest.fixture
 def cifar():
     with tfds.testing.mock_data(num_examples=64):
@@ -92,15 +105,7 @@ def test_erasing_and_the_mix_switch_draw_anew_every_epoch(seed):
     drawn that way, every epoch erased the same boxes and switched MixUp/CutMix in the same
     batches as the first, with a pipeline seed or with only a global one."""
     keras.utils.set_random_seed(5)
-    recipe = training.get_recipe(
-        "imagenet",
-        image_size=8,
-        scale=(1.0, 1.0),
-        ratio=(1.0, 1.0),
-        flip=False,
-        randaugment_ops=0,
-        label_smoothing=0.0,
-    )
+    recipe = recipe_without_crop_flip_or_randaugment(8, label_smoothing=0.0)
 
     def two_epochs(labels, **overrides):  # black (0) and white (1) images, 16 batches of 8
         images = np.broadcast_to(labels[:, None, None, None] * 255, (128, 8, 8, 3))
@@ -170,16 +175,7 @@ def test_augmentation_differs_between_images_of_a_batch():
 
 def test_random_erasing_probability():
     dataset = data.from_arrays(np.full((512, 16, 16, 3), 128, np.uint8), np.zeros(512, "int64"))
-    recipe = training.get_recipe(
-        "imagenet",
-        image_size=16,
-        scale=(1.0, 1.0),
-        ratio=(1.0, 1.0),
-        flip=False,
-        randaugment_ops=0,
-        mixup_alpha=0.0,
-        cutmix_alpha=0.0,
-    )
+    recipe = recipe_without_crop_flip_or_randaugment(16, mixup_alpha=0.0, cutmix_alpha=0.0)
     images, _ = first_batch(data.train_pipeline(dataset, 2, recipe, batch_size=512, seed=0))
     constant = (128 / 255 - np.array(recipe.mean)) / np.array(recipe.std)
     erased = np.abs(images - constant).reshape(512, -1).max(axis=1) > 1e-4
@@ -235,15 +231,8 @@ def test_cutmix_uses_the_recipes_alpha():
     (0, 0.5) instead, as a bare number would make Keras' CutMix do, gives 0.077)."""
     images = np.zeros((1024, 16, 16, 3), np.uint8)
     dataset = data.from_arrays(images, np.arange(1024) % 2)
-    recipe = training.get_recipe(
-        "imagenet",
-        image_size=16,
-        scale=(1.0, 1.0),
-        ratio=(1.0, 1.0),
-        randaugment_ops=0,
-        erasing_prob=0.0,
-        mixup_alpha=0.0,
-        label_smoothing=0.0,
+    recipe = recipe_without_crop_flip_or_randaugment(
+        16, erasing_prob=0.0, mixup_alpha=0.0, label_smoothing=0.0
     )
     _, labels = first_batch(data.train_pipeline(dataset, 2, recipe, batch_size=1024, seed=0))
     weight = labels[:, 0]
