@@ -225,7 +225,9 @@ def cmd_train(args) -> int:
     val_source, _ = load_data(args, args.val_split or _default_val_split(args), recipe)
     count = _class_count(classes)
     train = data.train_pipeline(train_source, count, recipe, batch_size=batch, seed=args.seed)
-    val = data.eval_pipeline(val_source, count, recipe, batch_size=batch)
+    val = data.eval_pipeline(
+        val_source, count, recipe, batch_size=batch, pad_to=setup.eval_pad_to(batch)
+    )
     steps = args.steps_per_epoch or int(train.cardinality())
     if steps < 1:
         raise UserError("the number of training batches is unknown: pass --steps-per-epoch")

@@ -178,10 +178,21 @@ def eval_pipeline(
     batch_size: int = 128,
     cache: bool = False,
     shard: tuple[int, int] | None = None,
+    pad_to: int = 1,
     **overrides,
 ) -> tf.data.Dataset:
     """Evaluation batches: the shorter side resized to `image_size / crop_pct` (bicubic), a
-    centred `image_size` crop, normalisation, one-hot labels; the last batch may be short."""
+    centred `image_size` crop, normalisation, one-hot labels; the last batch may be short.
+
+    `pad_to`: when above 1, a short last batch is filled up to a multiple of it with black
+    images of sample weight 0, and the batches are (images, labels, weights). JAX data
+    parallelism needs batches that split evenly over the devices (and processes):
+    `distribute.Setup.eval_pad_to` gives the multiple. Weighted metrics such as accuracy are
+    then exact; Keras averages the loss over the padded batch, so it reads low by the
+    fraction of padding (under `pad_to` images in the whole set).
+    """
+    if pad_to < 1:
+        raise ValueError(f"pad_to must be ≥ 1. Received: pad_to={pad_to}")
     recipe = get_recipe(recipe, **overrides)
     size = recipe.image_size
     resize_to = int(size / recipe.crop_pct)
@@ -204,4 +215,22 @@ def eval_pipeline(
         return normalize(image, recipe.mean, recipe.std), tf.one_hot(label, num_classes)
 
     dataset = _shard_and_cache(dataset, cache, shard).map(transform, num_parallel_calls=AUTOTUNE)
-    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+    dataset = dataset.batch(batch_size)
+    if pad_to > 1:
+        dataset = dataset.map(lambda images, labels: _pad_batch(images, labels, pad_to, batch_size))
+    return dataset.prefetch(AUTOTUNE)
+
+
+def _pad_batch(images, labels, multiple: int, batch_size: int):
+    """(images, labels) -> (images, labels, weights), filled up to a multiple of `multiple`
+    with zero images and labels of weight 0. Padded to whole batches (`multiple` is the batch
+    size), the batches say their size statically: Keras' per-process sharding reads it."""
+    size = tf.shape(images)[0]
+    missing = (multiple - size % multiple) % multiple
+    static = batch_size if multiple == batch_size else None
+
+    def padded(values):
+        values = tf.pad(values, [[0, missing]] + [[0, 0]] * (len(values.shape) - 1))
+        return tf.ensure_shape(values, [static, *values.shape[1:]])
+
+    return padded(images), padded(labels), padded(tf.ones([size]))

@@ -88,6 +88,16 @@ class Setup:
             )
         return batch_size
 
+    def eval_pad_to(self, batch_size: int) -> int:
+        """The multiple that evaluation batches of `batch_size` (the global batch) must be
+        padded to (`data.eval_pipeline(..., pad_to=...)`). JAX's data parallelism splits every
+        batch evenly: over the devices of one process, and across processes only whole global
+        batches, since Keras re-batches each one into a slice per process. TensorFlow's
+        strategies take short batches as they are."""
+        if self.mode != "data-parallel":
+            return 1
+        return self.replicas if self.num_workers == 1 else batch_size
+
     def scale_lr(self, lr: float, base_batch: int, batch_size: int) -> float:
         """Linear scaling rule: `lr × batch_size / base_batch`."""
         return lr * batch_size / base_batch

@@ -275,7 +275,8 @@ def compile_for_recipe(
     model.compile(
         optimizer=make_optimizer(recipe, steps_per_epoch * recipe.epochs),
         loss=make_loss(recipe.label_smoothing if smoothing_in_loss else 0.0),
-        metrics=metrics,
+        # Weighted, so that the zero-weight padding of `eval_pipeline(pad_to=...)` is left out.
+        weighted_metrics=metrics,
     )
     return recipe
 

@@ -3,9 +3,12 @@
     python dist_worker.py MODE INITIAL.weights.h5 OUT.npz [logical CPU devices]
 
 Trains a small ConvMixer for one epoch on fixed data with global batch 8 under
-`keras_convmixer.distribute.setup(MODE)` and saves the final weights.
+`keras_convmixer.distribute.setup(MODE)` and saves the final weights; then evaluates it on 11
+images (a short last batch of 3, padded as the setup requires) and writes the loss, the accuracy
+and the number of images evaluated, padding included, to OUT.eval.json.
 """
 
+import json
 import os
 import sys
 
@@ -21,7 +24,7 @@ if len(sys.argv) > 4 and os.environ.get("KERAS_BACKEND") == "tensorflow":
 import numpy as np  # noqa: E402
 
 import keras_convmixer  # noqa: E402
-from keras_convmixer import distribute, training  # noqa: E402
+from keras_convmixer import data, distribute, training  # noqa: E402
 
 GLOBAL_BATCH = 8
 
@@ -44,4 +47,19 @@ if os.environ["KERAS_BACKEND"] == "tensorflow" or setup.num_workers > 1:
 else:
     model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
 np.savez(out, *[np.asarray(w) for w in model.get_weights()])
+
+images = np.random.default_rng(1).integers(0, 256, (11, 8, 8, 3), dtype=np.uint8)
+val = data.eval_pipeline(
+    data.from_arrays(images, np.arange(11) % 3),
+    3,
+    "cifar10",
+    batch_size=GLOBAL_BATCH,
+    image_size=8,
+    crop_pct=1.0,
+    pad_to=setup.eval_pad_to(GLOBAL_BATCH),
+)
+metrics = model.evaluate(val, return_dict=True, verbose=0)
+evaluated = sum(int(batch[0].shape[0]) for batch in val)
+with open(f"{out}.eval.json", "w") as f:
+    json.dump({"loss": metrics["loss"], "accuracy": metrics["accuracy"], "images": evaluated}, f)
 print(f"mode={setup.mode} replicas={setup.replicas} workers={setup.num_workers}")

@@ -248,6 +248,27 @@ def test_recipe_values_are_checked():
         training.get_recipe("imagenet", erasing_prob=-0.1)
 
 
+def test_eval_pipeline_pads_the_last_batch_with_zero_weights():
+    source = data.from_arrays(np.full((11, 8, 8, 3), 200, np.uint8), np.arange(11) % 2)
+
+    def pipeline(pad_to):
+        return data.eval_pipeline(
+            source, 2, "cifar10", batch_size=4, image_size=8, crop_pct=1.0, pad_to=pad_to
+        )
+
+    batches = [[t.numpy() for t in batch] for batch in pipeline(2)]
+    assert [len(images) for images, _, _ in batches] == [4, 4, 4]  # 3 padded to 4
+    images, labels, weights = batches[-1]
+    np.testing.assert_array_equal(weights, [1, 1, 1, 0])
+    assert not images[3].any() and not labels[3].any() and images[2].min() > 0.5
+    assert all(w.all() for _, _, w in batches[:2])
+    whole = pipeline(4)  # whole batches: a static batch size, as Keras' sharding needs
+    assert [spec.shape[0] for spec in whole.element_spec] == [4, 4, 4]
+    assert len(list(whole)) == 3 and pipeline(1).element_spec[0].shape[0] is None
+    with pytest.raises(ValueError, match="pad_to must be ≥ 1"):
+        pipeline(0)
+
+
 def test_image_folder_and_eval_pipeline(tmp_path):
     for split in ("train", "val"):
         for name, value in (("cat", 40), ("dog", 200)):

@@ -57,6 +57,16 @@ def max_difference(a, b) -> float:
         return max(float(np.abs(x[k] - y[k]).max()) for k in x.files)
 
 
+def assert_same_evaluation(single, other, images: int) -> None:
+    """Same accuracy as one device on the 11 images, `images` evaluated with the padding; the
+    loss reads low by exactly the padding's share (Keras averages it over the padded batch)."""
+    with open(f"{single}.eval.json") as f, open(f"{other}.eval.json") as g:
+        one, many = json.load(f), json.load(g)
+    assert (one["images"], many["images"]) == (11, images)
+    assert many["accuracy"] == pytest.approx(one["accuracy"], abs=1e-6)
+    assert many["loss"] * many["images"] / 11 == pytest.approx(one["loss"], rel=1e-4)
+
+
 @pytest.fixture
 def initial(tmp_path):
     path = tmp_path / "initial.weights.h5"
@@ -79,6 +89,7 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path, init
     difference = max_difference(single, out)
     print(f"MirroredStrategy (2 logical CPUs) vs one device: {difference:.2e}", file=sys.stderr)
     assert difference <= 1e-5
+    assert_same_evaluation(single, out, images=11)  # tf.distribute takes the short batch
 
 
 CLUSTER_CHECK = """
@@ -168,6 +179,8 @@ def test_two_jax_processes_train_like_one(tmp_path, initial, single):
     difference = max_difference(single, tmp_path / "process0.npz")
     print(f"JAX two processes vs one process: {difference:.2e}", file=sys.stderr)
     assert difference <= 1e-5
+    for i in range(2):  # the last batch padded to a whole global batch of 8
+        assert_same_evaluation(single, tmp_path / f"process{i}.npz", images=16)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution: JAX backend")
@@ -179,6 +192,7 @@ def test_jax_data_parallel_on_two_cpu_devices_matches_one_device(tmp_path, initi
     difference = max_difference(single, out)
     print(f"JAX DataParallel (2 CPU devices) vs one device: {difference:.2e}", file=sys.stderr)
     assert difference <= 1e-5
+    assert_same_evaluation(single, out, images=12)  # the last batch padded from 3 to 4
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="the torch backend's message")
@@ -203,3 +217,6 @@ def test_setup_helpers():
         two.check_batch(7)
     with pytest.raises(ValueError, match="distribute must be one of"):
         distribute.setup("horovod")
+    assert (setup.eval_pad_to(8), two.eval_pad_to(8)) == (1, 1)  # tf.distribute splits any batch
+    assert distribute.Setup("data-parallel", 4).eval_pad_to(8) == 4
+    assert distribute.Setup("data-parallel", 4, num_workers=2).eval_pad_to(8) == 8
