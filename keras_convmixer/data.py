@@ -184,8 +184,9 @@ def eval_pipeline(
     """Evaluation batches: the shorter side resized to `image_size / crop_pct` (bicubic), a
     centred `image_size` crop, normalisation, one-hot labels; the last batch may be short.
 
-    `pad_to`: when above 1, a short last batch is filled up to a multiple of it with black
-    images of sample weight 0, and the batches are (images, labels, weights). JAX data
+    `pad_to`: when above 1, a short last batch is filled up to a multiple of it with zeros
+    (images of the mean colour, empty labels) of sample weight 0, and the batches are
+    (images, labels, weights). JAX data
     parallelism needs batches that split evenly over the devices (and processes):
     `distribute.Setup.eval_pad_to` gives the multiple. Weighted metrics such as accuracy are
     then exact; Keras averages the loss over the padded batch, so it reads low by the
@@ -223,7 +224,7 @@ def eval_pipeline(
 
 def _pad_batch(images, labels, multiple: int, batch_size: int):
     """(images, labels) -> (images, labels, weights), filled up to a multiple of `multiple`
-    with zero images and labels of weight 0. Padded to whole batches (`multiple` is the batch
+    with zeros of weight 0. Padded to whole batches (`multiple` is the batch
     size), the batches say their size statically: Keras' per-process sharding reads it."""
     size = tf.shape(images)[0]
     missing = (multiple - size % multiple) % multiple
