@@ -186,11 +186,10 @@ def eval_pipeline(
 
     `pad_to`: when above 1, a short last batch is filled up to a multiple of it with zeros
     (images of the mean colour, empty labels) of sample weight 0, and the batches are
-    (images, labels, weights). JAX data
-    parallelism needs batches that split evenly over the devices (and processes):
-    `distribute.Setup.eval_pad_to` gives the multiple. Weighted metrics such as accuracy are
-    then exact; Keras averages the loss over the padded batch, so it reads low by the
-    fraction of padding (under `pad_to` images in the whole set).
+    (images, labels, weights). JAX data parallelism needs batches that split evenly over the
+    devices (and processes): `distribute.Setup.eval_pad_to` gives the multiple. Weighted
+    metrics such as accuracy are then exact; Keras averages the loss over the padded batch,
+    so it reads low by the fraction of padding (under `pad_to` images in the whole set).
     """
     if pad_to < 1:
         raise ValueError(f"pad_to must be ≥ 1. Received: pad_to={pad_to}")
