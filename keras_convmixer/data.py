@@ -2,9 +2,10 @@
 
 Sources give uint8 RGB images and integer labels: any TensorFlow Datasets name
 (`from_tfds`), an image folder in the ImageNet layout (`from_folder`), or arrays
-(`from_arrays`). `train_pipeline` and `eval_pipeline` turn them into batches of normalised
-float32 images and one-hot (training: smoothed and mixed) labels for `model.fit`, on any Keras
-backend.
+(`from_arrays`). Each can give one process's part only (`shard=(num_shards, index)`), read
+and decoded by that process alone. `train_pipeline` and `eval_pipeline` turn them into
+batches of normalised float32 images and one-hot (training: smoothed and mixed) labels for
+`model.fit`, on any Keras backend.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def from_tfds(
     data_dir: str | None = None,
     manual_dir: str | None = None,
     shuffle_files: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """A TensorFlow Datasets split as (uint8 image, int label) and its number of classes.
 
@@ -35,8 +37,14 @@ def from_tfds(
         data_dir: where tfds keeps data. Defaults to tfds' own default.
         manual_dir: folder holding manually downloaded archives (`imagenet2012`).
         shuffle_files: bool. Shuffle the files when reading. Defaults to False.
+        shard: `(num_shards, index)`: read only part `index` of the split cut in `num_shards`
+            even parts (`tfds.even_splits`; sizes differ by one at most). Defaults to None.
     """
     import tensorflow_datasets as tfds
+
+    if shard is not None:
+        count, index = _check_shard(shard)
+        split = tfds.even_splits(split, n=count)[index]
 
     kwargs = {}
     if manual_dir:
@@ -66,7 +74,10 @@ def folder_classes(root: str) -> list[str]:
 
 
 def from_folder(
-    root: str, split: str, classes: list[str] | None = None
+    root: str,
+    split: str,
+    classes: list[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[tf.data.Dataset, list[str]]:
     """Images in `root/split/<class>/*` (the ImageNet layout) as (uint8 image, int label).
 
@@ -74,6 +85,8 @@ def from_folder(
         root: the data folder.
         split: a sub-folder, e.g. `"train"` or `"val"`.
         classes: class names in label order. Defaults to the sorted folder names of `split`.
+        shard: `(num_shards, index)`: only every `num_shards`-th image from the `index`-th on
+            (in class order, so every part holds every class). Defaults to None.
 
     Returns:
         The dataset and the class names.
@@ -91,6 +104,9 @@ def from_folder(
                 labels.append(label)
     if not paths:
         raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {folder}/<class>/")
+    if shard is not None:
+        count, index = _check_shard(shard)
+        paths, labels = paths[index::count], labels[index::count]
 
     def load(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
@@ -100,15 +116,23 @@ def from_folder(
     return dataset.map(load, num_parallel_calls=AUTOTUNE), classes
 
 
-def from_arrays(images, labels) -> tf.data.Dataset:
-    """(uint8 images `(N, H, W, 3)`, int labels `(N,)`) as a dataset."""
+def from_arrays(images, labels, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+    """(uint8 images `(N, H, W, 3)`, int labels `(N,)`) as a dataset; with
+    `shard=(num_shards, index)`, every `num_shards`-th pair from the `index`-th on."""
+    if shard is not None:
+        count, index = _check_shard(shard)
+        images, labels = images[index::count], labels[index::count]
     return tf.data.Dataset.from_tensor_slices((images, labels))
 
 
-def _shard_and_cache(dataset: tf.data.Dataset, cache: bool, shard: tuple[int, int] | None):
-    if shard is not None:
-        dataset = dataset.shard(*shard)
-    return dataset.cache() if cache else dataset
+def _check_shard(shard) -> tuple[int, int]:
+    count, index = shard
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(
+            "shard must be (num_shards, index) with num_shards ≥ 1 and 0 ≤ index < num_shards. "
+            f"Received: shard={shard}"
+        )
+    return count, index
 
 
 def train_pipeline(
@@ -119,7 +143,6 @@ def train_pipeline(
     seed: int | None = None,
     shuffle_buffer: int = 10_000,
     cache: bool = False,
-    shard: tuple[int, int] | None = None,
     **overrides,
 ) -> tf.data.Dataset:
     """Shuffled, augmented, batched training data: (normalised float32 images, soft labels).
@@ -137,13 +160,13 @@ def train_pipeline(
             20% slower at 224² on 2 cores. Defaults to None (not reproducible).
         shuffle_buffer: int. Shuffle buffer size. Defaults to 10,000.
         cache: bool. Cache the decoded images in memory. Defaults to False.
-        shard: `(num_shards, index)`: keep one shard (one worker's part). Defaults to None.
     """
     recipe = get_recipe(recipe, **overrides)
     batch_size = batch_size or recipe.batch_size
     if seed is not None:  # first, so that every op below derives its seeds the same way
         tf.random.set_seed(seed)
-    dataset = _shard_and_cache(dataset, cache, shard)
+    if cache:
+        dataset = dataset.cache()
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     # Stateless seeds, one pair per example and one per batch, drawn anew every epoch.
     example_seeds, batch_seeds = (
@@ -177,8 +200,8 @@ def eval_pipeline(
     recipe: str | Recipe = "imagenet",
     batch_size: int = 128,
     cache: bool = False,
-    shard: tuple[int, int] | None = None,
     pad_to: int = 1,
+    batches: int | None = None,
     **overrides,
 ) -> tf.data.Dataset:
     """Evaluation batches: the shorter side resized to `image_size / crop_pct` (bicubic), a
@@ -189,10 +212,19 @@ def eval_pipeline(
     (images, labels, weights). JAX data parallelism needs batches that split evenly over the
     devices (and processes): `distribute.Setup.eval_pad_to` gives the multiple. Weighted
     metrics such as accuracy are then exact; Keras averages the loss over the padded batch,
-    so it reads low by the fraction of padding (under `pad_to` images in the whole set).
+    so it reads low by the fraction of padding.
+
+    `batches`: add whole batches of such padding until there are this many. When each process
+    feeds its own part of the data, every process must run as many evaluation steps
+    (`distribute.Setup.eval_batches` gives the count). Needs `pad_to=batch_size`.
     """
     if pad_to < 1:
         raise ValueError(f"pad_to must be ≥ 1. Received: pad_to={pad_to}")
+    if batches is not None and pad_to != batch_size:
+        raise ValueError(
+            "batches needs whole padded batches: pad_to=batch_size. "
+            f"Received: batches={batches}, pad_to={pad_to}, batch_size={batch_size}"
+        )
     recipe = get_recipe(recipe, **overrides)
     size = recipe.image_size
     resize_to = int(size / recipe.crop_pct)
@@ -214,11 +246,27 @@ def eval_pipeline(
         image.set_shape((size, size, 3))
         return normalize(image, recipe.mean, recipe.std), tf.one_hot(label, num_classes)
 
-    dataset = _shard_and_cache(dataset, cache, shard).map(transform, num_parallel_calls=AUTOTUNE)
-    dataset = dataset.batch(batch_size)
+    if cache:
+        dataset = dataset.cache()
+    dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE).batch(batch_size)
     if pad_to > 1:
         dataset = dataset.map(lambda images, labels: _pad_batch(images, labels, pad_to, batch_size))
+    if batches is not None:
+        dataset = _pad_batch_count(dataset, batches)
     return dataset.prefetch(AUTOTUNE)
+
+
+def _pad_batch_count(dataset: tf.data.Dataset, batches: int) -> tf.data.Dataset:
+    """`dataset` followed by batches of zeros (weight 0) up to `batches` batches."""
+    count = int(dataset.cardinality())
+    if count == tf.data.UNKNOWN_CARDINALITY:
+        raise ValueError("batches needs a dataset of known length (its cardinality is unknown)")
+    if count > batches:
+        raise ValueError(
+            f"batches must be at least the {count} batches of the data. Received: batches={batches}"
+        )
+    empty = tuple(tf.zeros(spec.shape, spec.dtype) for spec in dataset.element_spec)
+    return dataset.concatenate(tf.data.Dataset.from_tensors(empty).repeat(batches - count))
 
 
 def _pad_batch(images, labels, multiple: int, batch_size: int):

@@ -269,6 +269,84 @@ def test_eval_pipeline_pads_the_last_batch_with_zero_weights():
         pipeline(0)
 
 
+def test_eval_pipeline_adds_empty_batches_up_to_a_count():
+    source = data.from_arrays(np.full((5, 8, 8, 3), 200, np.uint8), np.arange(5) % 2)
+
+    def pipeline(batches, pad_to=2):
+        return data.eval_pipeline(
+            source,
+            2,
+            "cifar10",
+            image_size=8,
+            crop_pct=1.0,
+            batch_size=2,
+            pad_to=pad_to,
+            batches=batches,
+        )
+
+    batches = [[t.numpy() for t in batch] for batch in pipeline(5)]
+    weights = np.concatenate([w for _, _, w in batches])
+    np.testing.assert_array_equal(weights, [1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    assert not batches[-1][0].any() and not batches[-1][1].any()
+    assert len(list(pipeline(3))) == 3  # already 3: nothing added
+    with pytest.raises(ValueError, match="batches must be at least the 3 batches"):
+        pipeline(2)
+    with pytest.raises(ValueError, match="batches needs whole padded batches: pad_to=batch_size"):
+        pipeline(5, pad_to=1)
+
+
+def image_ids(dataset) -> list[int]:
+    """The first pixel of each image: the tests below give each image its own value."""
+    return [int(image[0, 0, 0]) for image, _ in dataset]
+
+
+def test_array_sources_are_cut_in_parts():
+    images = np.arange(11, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    parts = [image_ids(data.from_arrays(images, np.arange(11), shard=(3, i))) for i in range(3)]
+    assert parts == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    for shard in ((3, 3), (0, 0), (2, -1)):
+        with pytest.raises(ValueError, match=r"shard must be \(num_shards, index\).*Received"):
+            data.from_arrays(images, np.arange(11), shard=shard)
+
+
+class TinyPhotos(tfds.core.GeneratorBasedBuilder):
+    """A tfds data set written by the test: image i is filled with the value i."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(num_classes=3),
+        }
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(11):
+            yield i, {"image": np.full((4 + i % 3, 5, 3), i, np.uint8), "label": i % 3}
+
+
+def test_tfds_sources_read_only_their_part(tmp_path):
+    TinyPhotos(data_dir=str(tmp_path)).download_and_prepare()
+    whole, classes = data.from_tfds("tiny_photos", "train", data_dir=str(tmp_path))
+    parts = [
+        data.from_tfds("tiny_photos", "train", data_dir=str(tmp_path), shard=(3, i))[0]
+        for i in range(3)
+    ]
+    ids = [image_ids(part) for part in parts]
+    assert classes == 3 and sorted(image_ids(whole)) == list(range(11))
+    assert sorted(sum(ids, [])) == list(range(11))  # disjoint, and all of it
+    assert sorted(len(i) for i in ids) == [3, 4, 4]
+    assert [int(part.cardinality()) for part in parts] == [len(i) for i in ids]
+
+
 def test_image_folder_and_eval_pipeline(tmp_path):
     for split in ("train", "val"):
         for name, value in (("cat", 40), ("dog", 200)):
@@ -282,6 +360,9 @@ def test_image_folder_and_eval_pipeline(tmp_path):
     assert classes == ["cat", "dog"]
     labels = [int(label) for _, label in dataset]
     assert sorted(labels) == [0, 0, 0, 1, 1, 1]
+    parts = [data.from_folder(str(tmp_path), "train", shard=(2, i))[0] for i in range(2)]
+    heights = [[(int(image.shape[0]), int(label)) for image, label in part] for part in parts]
+    assert heights == [[(30, 0), (32, 0), (31, 1)], [(31, 0), (30, 1), (32, 1)]]
     val, _ = data.from_folder(str(tmp_path), "val", classes)
     batches = list(data.eval_pipeline(val, 2, "imagenet", batch_size=4, image_size=24))
     images = np.concatenate([b[0].numpy() for b in batches])
