@@ -12,7 +12,17 @@ model.fit(train_dataset, callbacks=make_callbacks(setup.write_dir(out)))
 
 Feed `fit` a `tf.data.Dataset` batched with the *global* batch: both engines shard it
 themselves (TensorFlow's auto-sharding across workers and replicas; Keras' `DataParallel`
-re-batches it to the per-process batch and gives each JAX process its slice).
+re-batches it to the per-process batch and gives each JAX process its slice). Every JAX
+process then reads, decodes and augments every global batch. With
+`setup(per_process_data=True)` each process feeds only its own part instead:
+
+```python
+setup = keras_convmixer.distribute.setup(per_process_data=True)
+source, classes = data.from_tfds("imagenet2012", "train", shard=setup.shard)
+train = data.train_pipeline(source, classes, batch_size=setup.process_batch(batch),
+                            seed=setup.process_seed(seed))
+train = train.take(setup.across_processes(int(train.cardinality()), min))
+```
 
 * TensorFlow: `MirroredStrategy` over all GPUs (or all logical CPUs, for tests) when there
   are several; `MultiWorkerMirroredStrategy` when `TF_CONFIG` describes a cluster of several
@@ -39,6 +49,7 @@ import os
 import warnings
 
 import keras
+import numpy as np
 
 MODES = ("auto", "none", "mirrored", "multi-worker", "data-parallel")
 JAX_COORDINATOR_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -64,10 +75,40 @@ class Setup:
     num_workers: int = 1
     worker_index: int = 0
     strategy: object | None = None  # the tf.distribute strategy, on TensorFlow
+    per_process_data: bool = False  # JAX: each process feeds its own part of the data
 
     @property
     def is_chief(self) -> bool:
         return self.worker_index == 0
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """`(num_shards, index)`: the part of the data this process feeds (the `shard` argument
+        of `data.from_tfds`, `from_folder`, `from_arrays`), or None when it feeds all of it."""
+        if self.per_process_data and self.num_workers > 1:
+            return self.num_workers, self.worker_index
+        return None
+
+    def process_batch(self, batch_size: int) -> int:
+        """The batch this process's dataset yields for a global `batch_size`: its share when
+        it feeds its own part of the data, the global batch otherwise."""
+        return batch_size // self.num_workers if self.shard else batch_size
+
+    def process_seed(self, seed: int | None) -> int | None:
+        """A seed of this process's own for its part of the data (derived from `seed`, so
+        that processes do not draw the same augmentations); `seed` when there are no parts."""
+        if seed is None or not self.shard:
+            return seed
+        return int(np.random.SeedSequence([seed, self.worker_index]).generate_state(1)[0]) >> 1
+
+    def across_processes(self, value: int, reduce=min) -> int:
+        """`reduce` (`min` or `max`) of `value` over the JAX processes: one answer for all, such
+        as the number of batches that every process can feed. `value` in one process."""
+        if self.mode != "data-parallel" or self.num_workers == 1:
+            return value
+        from jax.experimental import multihost_utils
+
+        return int(reduce(multihost_utils.process_allgather(np.int32(value))))
 
     def scope(self):
         """Build and compile models inside this context."""
@@ -91,12 +132,23 @@ class Setup:
     def eval_pad_to(self, batch_size: int) -> int:
         """The multiple that evaluation batches of `batch_size` (the global batch) must be
         padded to (`data.eval_pipeline(..., pad_to=...)`). JAX's data parallelism splits every
-        batch evenly: over the devices of one process, and across processes only whole global
-        batches, since Keras re-batches each one into a slice per process. TensorFlow's
-        strategies take short batches as they are."""
+        batch evenly: over the devices of one process, and across processes only whole batches
+        (global ones, which Keras re-batches into a slice per process, or each process's own).
+        TensorFlow's strategies take short batches as they are."""
         if self.mode != "data-parallel":
             return 1
-        return self.replicas if self.num_workers == 1 else batch_size
+        return self.replicas if self.num_workers == 1 else self.process_batch(batch_size)
+
+    def eval_batches(self, dataset, batch_size: int) -> int | None:
+        """The number of evaluation batches every process runs when each feeds its own part
+        (`data.eval_pipeline(..., batches=...)`): the most that any part holds. `dataset`:
+        this process's part, unbatched. None when the processes do not feed parts."""
+        if not self.shard:
+            return None
+        count = int(dataset.cardinality())
+        if count < 0:
+            raise ValueError("eval_batches needs a dataset of known length")
+        return self.across_processes(-(-count // self.process_batch(batch_size)), max)
 
     def scale_lr(self, lr: float, base_batch: int, batch_size: int) -> float:
         """Linear scaling rule: `lr × batch_size / base_batch`."""
@@ -167,7 +219,7 @@ def _tensorflow_setup(mode: str) -> Setup:
     )
 
 
-def _jax_setup(mode: str) -> Setup:
+def _jax_setup(mode: str, per_process_data: bool) -> Setup:
     import jax
 
     if all(os.environ.get(v) for v in JAX_COORDINATOR_VARIABLES) and not _jax_initialized():
@@ -190,7 +242,7 @@ def _jax_setup(mode: str) -> Setup:
         keras.distribution.set_distribution(None)
         return Setup("none", 1)
     distribution = keras.distribution.DataParallel(
-        devices=[f"{d.platform}:{d.id}" for d in devices]
+        devices=[f"{d.platform}:{d.id}" for d in devices], auto_shard_dataset=not per_process_data
     )
     keras.distribution.set_distribution(distribution)
     return Setup(
@@ -198,6 +250,7 @@ def _jax_setup(mode: str) -> Setup:
         len(devices),
         num_workers=jax.process_count(),
         worker_index=jax.process_index(),
+        per_process_data=per_process_data,
     )
 
 
@@ -215,12 +268,15 @@ def _jax_initialized() -> bool:
     return distributed.global_state.client is not None
 
 
-def setup(mode: str = "auto") -> Setup:
+def setup(mode: str = "auto", per_process_data: bool = False) -> Setup:
     """Chooses and installs the distribution for the current backend and environment.
 
     Args:
         mode: `"auto"`, `"none"`, `"mirrored"` / `"multi-worker"` (TensorFlow) or
             `"data-parallel"` (JAX). Defaults to `"auto"`.
+        per_process_data: bool. JAX, several processes: each process feeds batches of its
+            own part of the data (`setup.shard`, `setup.process_batch`) instead of every
+            process building each global batch for Keras to slice. Defaults to False.
 
     Returns:
         A `Setup`: build and compile in `setup.scope()`; `setup.replicas`,
@@ -232,7 +288,7 @@ def setup(mode: str = "auto") -> Setup:
     if backend == "tensorflow":
         return _tensorflow_setup(mode)
     if backend == "jax":
-        return _jax_setup(mode)
+        return _jax_setup(mode, per_process_data)
     return _torch_setup(mode)
 
 

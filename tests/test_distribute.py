@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import BACKEND
 
 import keras_convmixer
@@ -58,13 +59,14 @@ def max_difference(a, b) -> float:
 
 
 def assert_same_evaluation(single, other, images: int) -> None:
-    """Same accuracy as one device on the 11 images, `images` evaluated with the padding; the
-    loss reads low by exactly the padding's share (Keras averages it over the padded batch)."""
+    """Same accuracy as one device on the worker's evaluation images, `images` evaluated with
+    the padding; the loss reads low by exactly the padding's share (Keras averages it over the
+    padded batches)."""
     with open(f"{single}.eval.json") as f, open(f"{other}.eval.json") as g:
         one, many = json.load(f), json.load(g)
-    assert (one["images"], many["images"]) == (11, images)
+    assert many["images"] == images
     assert many["accuracy"] == pytest.approx(one["accuracy"], abs=1e-6)
-    assert many["loss"] * many["images"] / 11 == pytest.approx(one["loss"], rel=1e-4)
+    assert many["loss"] * many["images"] / one["images"] == pytest.approx(one["loss"], rel=1e-4)
 
 
 @pytest.fixture
@@ -89,7 +91,7 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path, init
     difference = max_difference(single, out)
     print(f"MirroredStrategy (2 logical CPUs) vs one device: {difference:.2e}", file=sys.stderr)
     assert difference <= 1e-5
-    assert_same_evaluation(single, out, images=11)  # tf.distribute takes the short batch
+    assert_same_evaluation(single, out, images=11)  # 11 images: tf.distribute takes 3 as they are
 
 
 CLUSTER_CHECK = """
@@ -156,8 +158,10 @@ def test_two_local_tensorflow_workers_form_a_cluster():
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="jax.distributed: JAX backend")
-def test_two_jax_processes_train_like_one(tmp_path, initial, single):
-    """Two processes joined by jax.distributed (CPU collectives over gloo) on loopback."""
+@pytest.mark.parametrize("per_process_data", [False, True])
+def test_two_jax_processes_train_like_one(tmp_path, initial, single, per_process_data):
+    """Two processes joined by jax.distributed (CPU collectives over gloo) on loopback, fed
+    global batches that Keras slices, or each its own part of the data."""
     port = free_port()
     workers = [
         run_worker(
@@ -169,6 +173,7 @@ def test_two_jax_processes_train_like_one(tmp_path, initial, single):
                 "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
                 "JAX_NUM_PROCESSES": "2",
                 "JAX_PROCESS_ID": str(i),
+                "PER_PROCESS_DATA": str(int(per_process_data)),
             },
         )
         for i in range(2)
@@ -177,9 +182,12 @@ def test_two_jax_processes_train_like_one(tmp_path, initial, single):
     assert all("mode=data-parallel replicas=2 workers=2" in log for log in logs)
     assert max_difference(tmp_path / "process0.npz", tmp_path / "process1.npz") == 0.0
     difference = max_difference(single, tmp_path / "process0.npz")
-    print(f"JAX two processes vs one process: {difference:.2e}", file=sys.stderr)
+    feeding = "own parts" if per_process_data else "slices of global batches"
+    print(f"JAX two processes ({feeding}) vs one process: {difference:.2e}", file=sys.stderr)
     assert difference <= 1e-5
-    for i in range(2):  # the last batch padded to a whole global batch of 8
+    # 9 images. Global batches: the last one padded from 1 to 8. Own parts of 5 and 4 images
+    # at 4 a process: the last batch of 1 padded to 4, and an empty batch after the 4.
+    for i in range(2):
         assert_same_evaluation(single, tmp_path / f"process{i}.npz", images=16)
 
 
@@ -192,7 +200,7 @@ def test_jax_data_parallel_on_two_cpu_devices_matches_one_device(tmp_path, initi
     difference = max_difference(single, out)
     print(f"JAX DataParallel (2 CPU devices) vs one device: {difference:.2e}", file=sys.stderr)
     assert difference <= 1e-5
-    assert_same_evaluation(single, out, images=12)  # the last batch padded from 3 to 4
+    assert_same_evaluation(single, out, images=10)  # 9 images: the last batch from 1 to 2
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="the torch backend's message")
@@ -220,3 +228,21 @@ def test_setup_helpers():
     assert (setup.eval_pad_to(8), two.eval_pad_to(8)) == (1, 1)  # tf.distribute splits any batch
     assert distribute.Setup("data-parallel", 4).eval_pad_to(8) == 4
     assert distribute.Setup("data-parallel", 4, num_workers=2).eval_pad_to(8) == 8
+
+
+def test_setup_helpers_for_processes_that_feed_their_own_part():
+    keras_slices = distribute.Setup("data-parallel", 4, num_workers=2, worker_index=1)
+    own = [
+        distribute.Setup("data-parallel", 4, num_workers=2, worker_index=i, per_process_data=True)
+        for i in range(2)
+    ]
+    assert keras_slices.shard is None and keras_slices.process_batch(8) == 8
+    assert [setup.shard for setup in own] == [(2, 0), (2, 1)]
+    assert own[1].process_batch(8) == 4 and own[1].eval_pad_to(8) == 4
+    assert keras_slices.process_seed(7) == 7 and own[0].process_seed(None) is None
+    seeds = [setup.process_seed(7) for setup in own]
+    assert seeds[0] != seeds[1] and seeds == [setup.process_seed(7) for setup in own]
+    assert all(0 <= seed < 2**31 for seed in seeds)
+    one = distribute.Setup("data-parallel", 2, per_process_data=True)  # one process: no parts
+    assert (one.shard, one.process_batch(8), one.across_processes(5, max)) == (None, 8, 5)
+    assert one.eval_batches(tf.data.Dataset.range(5), 8) is None
