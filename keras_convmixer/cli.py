@@ -158,18 +158,19 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
-def load_data(args, split: str, recipe):
-    """(tf.data dataset of uint8 images and int labels, class names or a class count)."""
+def load_data(args, split: str, shard: tuple[int, int] | None = None):
+    """(tf.data dataset of uint8 images and int labels, class names or a class count);
+    `shard`: this process's part only."""
     from keras_convmixer import data
 
     if args.tfds:
         return data.from_tfds(
-            args.tfds, split, data_dir=args.tfds_data_dir, manual_dir=args.manual_dir
+            args.tfds, split, data_dir=args.tfds_data_dir, manual_dir=args.manual_dir, shard=shard
         )
     if not args.data_dir:
         raise UserError("give the data with --tfds NAME or --data-dir DIR")
     classes = _read_classes(args)
-    return data.from_folder(args.data_dir, split, classes)
+    return data.from_folder(args.data_dir, split, classes, shard=shard)
 
 
 def _read_classes(args) -> list[str] | None:
@@ -219,16 +220,24 @@ def cmd_train(args) -> int:
     if args.seed is not None:
         keras.utils.set_random_seed(args.seed)
     training.set_mixed_precision(recipe.mixed_precision)
-    setup = distribute.setup(args.distribute)
+    setup = distribute.setup(args.distribute, per_process_data=True)
     batch = setup.check_batch(recipe.batch_size)
-    train_source, classes = load_data(args, args.train_split, recipe)
-    val_source, _ = load_data(args, args.val_split or _default_val_split(args), recipe)
+    process_batch = setup.process_batch(batch)
+    train_source, classes = load_data(args, args.train_split, setup.shard)
+    val_source, _ = load_data(args, args.val_split or _default_val_split(args), setup.shard)
     count = _class_count(classes)
-    train = data.train_pipeline(train_source, count, recipe, batch_size=batch, seed=args.seed)
-    val = data.eval_pipeline(
-        val_source, count, recipe, batch_size=batch, pad_to=setup.eval_pad_to(batch)
+    train = data.train_pipeline(
+        train_source, count, recipe, batch_size=process_batch, seed=setup.process_seed(args.seed)
     )
-    steps = args.steps_per_epoch or int(train.cardinality())
+    val = data.eval_pipeline(
+        val_source,
+        count,
+        recipe,
+        batch_size=process_batch,
+        pad_to=setup.eval_pad_to(batch),
+        batches=setup.eval_batches(val_source, batch),
+    )
+    steps = args.steps_per_epoch or setup.across_processes(int(train.cardinality()), min)
     if steps < 1:
         raise UserError("the number of training batches is unknown: pass --steps-per-epoch")
     with setup.scope():
@@ -236,7 +245,7 @@ def cmd_train(args) -> int:
         training.compile_for_recipe(model, recipe, steps_per_epoch=steps)
     output = setup.write_dir(args.output)
     model.fit(
-        train.repeat() if args.steps_per_epoch else train,
+        train.repeat() if args.steps_per_epoch else train.take(steps),
         epochs=recipe.epochs,
         steps_per_epoch=args.steps_per_epoch,
         validation_data=val,
@@ -244,12 +253,13 @@ def cmd_train(args) -> int:
         verbose=2,
     )
     results = model.evaluate(val, return_dict=True, verbose=0)
-    if setup.is_chief:
-        model.save(os.path.join(output, "model.keras"))
-        model.save_weights(os.path.join(output, "model.weights.h5"))
-        if not isinstance(classes, int):
-            with open(os.path.join(output, "classes.json"), "w") as f:
-                json.dump(list(classes), f)
+    # Every process saves (the others into their scratch folders): saving creates variables,
+    # which under several JAX processes is a step that all of them must take together.
+    model.save(os.path.join(output, "model.keras"))
+    model.save_weights(os.path.join(output, "model.weights.h5"))
+    if setup.is_chief and not isinstance(classes, int):
+        with open(os.path.join(output, "classes.json"), "w") as f:
+            json.dump(list(classes), f)
     print(f"held-out accuracy: {results['accuracy']:.4f}")
     return 0
 
@@ -266,7 +276,7 @@ def cmd_evaluate(args) -> int:
     from keras_convmixer import data
 
     recipe = recipe_from_args(args)
-    source, classes = load_data(args, args.split or _default_val_split(args), recipe)
+    source, classes = load_data(args, args.split or _default_val_split(args))
     count = _class_count(classes)
     if args.weights.endswith(".keras"):
         model = keras.models.load_model(_existing_file(args.weights))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import BACKEND
+from PIL import Image
 
 import keras_convmixer
 from keras_convmixer import distribute
@@ -189,6 +190,59 @@ def test_two_jax_processes_train_like_one(tmp_path, initial, single, per_process
     # at 4 a process: the last batch of 1 padded to 4, and an empty batch after the 4.
     for i in range(2):
         assert_same_evaluation(single, tmp_path / f"process{i}.npz", images=16)
+
+
+def write_image_folder(root, split: str, count: int) -> None:
+    """`count` 8×8 images in two classes, each image a different grey."""
+    for i in range(count):
+        folder = root / split / f"class_{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 15 * i, np.uint8)).save(folder / f"{i}.png")
+
+
+def run_cli(*args, env=None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "keras_convmixer", *map(str, args)],
+        env={**os.environ, "KERAS_BACKEND": BACKEND, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.distributed: JAX backend")
+def test_train_command_in_two_jax_processes_feeding_their_own_parts(tmp_path):
+    """15 training images in parts of 8 and 7 (batches of 4 a process: 2 and 1) and 9
+    validation images in parts of 5 and 4: the processes must agree on one training step and
+    two evaluation batches, or they wait on each other. Their accuracy must be the one that
+    `evaluate` finds for the saved model in one process."""
+    write_image_folder(tmp_path / "images", "train", 15)
+    write_image_folder(tmp_path / "images", "val", 9)
+    port = free_port()
+    options = ["--model", "convmixer_16_2_k3_p2", "--data-dir", tmp_path / "images"]
+    options += ["--recipe", "cifar10", "--image-size", 8, "--no-mixed-precision"]
+    train = ["train", *options, "--epochs", 1, "--batch-size", 8, "--seed", 0]
+    processes = [
+        run_cli(
+            *train,
+            "--output",
+            tmp_path / "run",
+            env={
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+            },
+        )
+        for i in range(2)
+    ]
+    logs = finish(processes)
+    accuracies = {log.strip().splitlines()[-1] for log in logs}
+    assert len(accuracies) == 1, logs
+    with open(tmp_path / "run" / "log.csv") as f:
+        assert len(f.read().strip().splitlines()) == 2  # the header and one epoch
+    (log,) = finish([run_cli("evaluate", *options, "--weights", tmp_path / "run" / "model.keras")])
+    top1 = float(log.strip().splitlines()[-1].split()[1])
+    assert float(accuracies.pop().split(": ")[1]) == pytest.approx(top1, abs=1e-4)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution: JAX backend")
