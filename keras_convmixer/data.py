@@ -10,6 +10,7 @@ batches of normalised float32 images and one-hot (training: smoothed and mixed) 
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import tensorflow as tf
@@ -126,13 +127,18 @@ def from_arrays(images, labels, shard: tuple[int, int] | None = None) -> tf.data
 
 
 def _check_shard(shard) -> tuple[int, int]:
-    count, index = shard
-    if count < 1 or not 0 <= index < count:
+    valid = (
+        isinstance(shard, (tuple, list))
+        and len(shard) == 2
+        and all(isinstance(v, numbers.Integral) for v in shard)
+        and 0 <= shard[1] < shard[0]
+    )
+    if not valid:
         raise ValueError(
             "shard must be (num_shards, index) with num_shards ≥ 1 and 0 ≤ index < num_shards. "
             f"Received: shard={shard}"
         )
-    return count, index
+    return int(shard[0]), int(shard[1])
 
 
 def train_pipeline(

@@ -147,7 +147,10 @@ class Setup:
             return None
         count = int(dataset.cardinality())
         if count < 0:
-            raise ValueError("eval_batches needs a dataset of known length")
+            raise ValueError(
+                "eval_batches needs a dataset of known length (unbatched, before any filter). "
+                f"Received: dataset of cardinality {count}"
+            )
         return self.across_processes(-(-count // self.process_batch(batch_size)), max)
 
     def scale_lr(self, lr: float, base_batch: int, batch_size: int) -> float:

@@ -304,7 +304,7 @@ def test_array_sources_are_cut_in_parts():
     images = np.arange(11, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     parts = [image_ids(data.from_arrays(images, np.arange(11), shard=(3, i))) for i in range(3)]
     assert parts == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
-    for shard in ((3, 3), (0, 0), (2, -1)):
+    for shard in ((3, 3), (0, 0), (2, -1), (3, 1, 0), 3, (2.0, 1)):
         with pytest.raises(ValueError, match=r"shard must be \(num_shards, index\).*Received"):
             data.from_arrays(images, np.arange(11), shard=shard)
 

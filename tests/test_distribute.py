@@ -293,6 +293,9 @@ def test_setup_helpers_for_processes_that_feed_their_own_part():
     assert keras_slices.shard is None and keras_slices.process_batch(8) == 8
     assert [setup.shard for setup in own] == [(2, 0), (2, 1)]
     assert own[1].process_batch(8) == 4 and own[1].eval_pad_to(8) == 4
+    filtered = tf.data.Dataset.range(5).filter(lambda i: i > 0)
+    with pytest.raises(ValueError, match="eval_batches needs a dataset of known length"):
+        own[0].eval_batches(filtered, 8)
     assert keras_slices.process_seed(7) == 7 and own[0].process_seed(None) is None
     seeds = [setup.process_seed(7) for setup in own]
     assert seeds[0] != seeds[1] and seeds == [setup.process_seed(7) for setup in own]
