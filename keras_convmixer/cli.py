@@ -221,6 +221,12 @@ def cmd_train(args) -> int:
         keras.utils.set_random_seed(args.seed)
     training.set_mixed_precision(recipe.mixed_precision)
     setup = distribute.setup(args.distribute, per_process_data=True)
+    if setup.mode == "multi-worker":
+        raise UserError(
+            "train cannot run under MultiWorkerMirroredStrategy: Keras 3's fit does not "
+            "(keras-team/keras#20585). Train on several machines with --backend jax "
+            "--distribute data-parallel"
+        )
     batch = setup.check_batch(recipe.batch_size)
     process_batch = setup.process_batch(batch)
     train_source, classes = load_data(args, args.train_split, setup.shard)

@@ -104,6 +104,13 @@ def test_user_errors_print_one_line(tmp_path, tiny_checkpoint):
         cli("convert", str(tmp_path / "x.safetensors"), "o.weights.h5", "--model", TINY),
         "no such file",
     )
+    multi_worker = {  # only TensorFlow has the strategy, and Keras' fit does not run under it
+        "tensorflow": "Train on several machines with --backend jax",
+        "jax": "distribute='multi-worker' is TensorFlow's",
+        "torch": "not available on the torch backend",
+    }
+    train = ["train", "--tfds", "cifar10", "--output", str(tmp_path)]
+    assert_user_error(cli(*train, "--distribute", "multi-worker"), multi_worker[BACKEND])
 
 
 def test_compare_with_timm_reports_the_deviation(tiny_checkpoint):
