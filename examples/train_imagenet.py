@@ -10,6 +10,10 @@ epochs (use --epochs 300 for 768/32), global batch 640, clipping at 1.0, label s
 RandomResizedCrop 224 (0.08-1, 3/4-4/3), flip, RandAugment 2/9 (std 0.5), MixUp 0.5 /
 CutMix 0.5, RandomErasing 0.25, mixed precision. Resumable: run the same command again.
 On one GPU, `--batch-size 64 --accumulation-steps 10` updates with the paper's 640 images.
+
+Several machines (JAX): run the same command on each, with the same --seed, and
+JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i (i = 0 … N-1) set.
+Each process reads, decodes and augments only its own part of the data.
 """
 
 import sys
