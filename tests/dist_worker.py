@@ -44,10 +44,10 @@ with setup.scope():
     model.load_weights(initial)
     training.compile_for_recipe(model, "cifar10", steps_per_epoch=4, epochs=1, lr=0.01)
 setup.check_batch(GLOBAL_BATCH)
-batch = setup.process_batch(GLOBAL_BATCH)
+process_batch = setup.process_batch(GLOBAL_BATCH)
 if os.environ["KERAS_BACKEND"] == "tensorflow" or setup.num_workers > 1:
     part = data.from_arrays(x, y, shard=setup.shard)  # all of it unless per-process data
-    model.fit(part.batch(batch), epochs=1, verbose=0)
+    model.fit(part.batch(process_batch), epochs=1, verbose=0)
 else:
     model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
 np.savez(out, *[np.asarray(w) for w in model.get_weights()])
@@ -58,7 +58,7 @@ val = data.eval_pipeline(
     source,
     3,
     "cifar10",
-    batch_size=batch,
+    batch_size=process_batch,
     image_size=8,
     crop_pct=1.0,
     pad_to=setup.eval_pad_to(GLOBAL_BATCH),
