@@ -232,8 +232,18 @@ def cmd_train(args) -> int:
     train_source, classes = load_data(args, args.train_split, setup.shard)
     val_source, _ = load_data(args, args.val_split or _default_val_split(args), setup.shard)
     count = _class_count(classes)
+    # Every process runs as many steps: the fewest whole batches that any part holds.
+    own_batches = int(train_source.cardinality()) // process_batch
+    steps = args.steps_per_epoch or setup.across_processes(own_batches, min)
+    if steps < 1:
+        raise UserError("the number of training batches is unknown: pass --steps-per-epoch")
     train = data.train_pipeline(
-        train_source, count, recipe, batch_size=process_batch, seed=setup.process_seed(args.seed)
+        train_source,
+        count,
+        recipe,
+        batch_size=process_batch,
+        seed=setup.process_seed(args.seed),
+        batches=None if args.steps_per_epoch else steps,
     )
     val = data.eval_pipeline(
         val_source,
@@ -243,15 +253,12 @@ def cmd_train(args) -> int:
         pad_to=setup.eval_pad_to(batch),
         batches=setup.eval_batches(val_source, batch),
     )
-    steps = args.steps_per_epoch or setup.across_processes(int(train.cardinality()), min)
-    if steps < 1:
-        raise UserError("the number of training batches is unknown: pass --steps-per-epoch")
     with setup.scope():
         model = classifier_model(args.model, args.weights, count, recipe.image_size)
         training.compile_for_recipe(model, recipe, steps_per_epoch=steps)
     output = setup.write_dir(args.output)
     model.fit(
-        train.repeat() if args.steps_per_epoch else train.take(steps),
+        train.repeat() if args.steps_per_epoch else train,
         epochs=recipe.epochs,
         steps_per_epoch=args.steps_per_epoch,
         validation_data=val,

@@ -149,6 +149,7 @@ def train_pipeline(
     seed: int | None = None,
     shuffle_buffer: int = 10_000,
     cache: bool = False,
+    batches: int | None = None,
     **overrides,
 ) -> tf.data.Dataset:
     """Shuffled, augmented, batched training data: (normalised float32 images, soft labels).
@@ -166,7 +167,14 @@ def train_pipeline(
             20% slower at 224² on 2 cores. Defaults to None (not reproducible).
         shuffle_buffer: int. Shuffle buffer size. Defaults to 10,000.
         cache: bool. Cache the decoded images in memory. Defaults to False.
+        batches: int. Only the first `batches` batches of each epoch, the number that every
+            process can feed when each feeds its own part (`distribute.Setup`). They are
+            taken before the batch augmentations, whose generators would otherwise draw for
+            batches computed ahead and thrown away, as many as the timing allowed, so that a
+            seeded stream would differ from run to run. Defaults to None (all).
     """
+    if batches is not None and batches < 1:
+        raise ValueError(f"batches must be ≥ 1. Received: batches={batches}")
     recipe = get_recipe(recipe, **overrides)
     batch_size = batch_size or recipe.batch_size
     if seed is not None:  # first, so that every op below derives its seeds the same way
@@ -189,6 +197,8 @@ def train_pipeline(
         per_example, num_parallel_calls=AUTOTUNE, deterministic=seed is not None
     )
     dataset = tf.data.Dataset.zip((dataset.batch(batch_size, drop_remainder=True), batch_seeds))
+    if batches is not None:
+        dataset = dataset.take(batches)
     augmenter = BatchAugmenter(recipe, seed)
 
     def per_batch(batch, seed_pair):

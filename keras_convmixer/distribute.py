@@ -19,9 +19,9 @@ process then reads, decodes and augments every global batch. With
 ```python
 setup = keras_convmixer.distribute.setup(per_process_data=True)
 source, classes = data.from_tfds("imagenet2012", "train", shard=setup.shard)
+steps = setup.across_processes(int(source.cardinality()) // setup.process_batch(batch), min)
 train = data.train_pipeline(source, classes, batch_size=setup.process_batch(batch),
-                            seed=setup.process_seed(seed))
-train = train.take(setup.across_processes(int(train.cardinality()), min))
+                            seed=setup.process_seed(seed), batches=steps)
 ```
 
 * TensorFlow: `MirroredStrategy` over all GPUs (or all logical CPUs, for tests) when there

@@ -269,6 +269,20 @@ def test_eval_pipeline_pads_the_last_batch_with_zero_weights():
         pipeline(0)
 
 
+def test_train_pipeline_keeps_the_first_batches_of_each_epoch():
+    source = data.from_arrays(np.full((16, 8, 8, 3), 100, np.uint8), np.arange(16) % 2)
+    recipe = recipe_without_crop_flip_or_randaugment(8)
+
+    def pipeline(batches):
+        return data.train_pipeline(source, 2, recipe, batch_size=4, seed=3, batches=batches)
+
+    two = pipeline(2)
+    assert [len(list(two)), len(list(two))] == [2, 2] and int(two.cardinality()) == 2
+    assert len(list(pipeline(None))) == 4
+    with pytest.raises(ValueError, match="batches must be ≥ 1. Received: batches=0"):
+        pipeline(0)
+
+
 def test_eval_pipeline_adds_empty_batches_up_to_a_count():
     source = data.from_arrays(np.full((5, 8, 8, 3), 200, np.uint8), np.arange(5) % 2)
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -215,34 +216,48 @@ def test_train_command_in_two_jax_processes_feeding_their_own_parts(tmp_path):
     """15 training images in parts of 8 and 7 (batches of 4 a process: 2 and 1) and 9
     validation images in parts of 5 and 4: the processes must agree on one training step and
     two evaluation batches, or they wait on each other. Their accuracy must be the one that
-    `evaluate` finds for the saved model in one process."""
+    `evaluate` finds for the saved model in one process, and a second seeded run must end with
+    the same weights (the first part's second batch, computed ahead and thrown away, made the
+    batch augmentations draw differently from run to run: weights 0.06-0.3 apart)."""
     write_image_folder(tmp_path / "images", "train", 15)
     write_image_folder(tmp_path / "images", "val", 9)
-    port = free_port()
     options = ["--model", "convmixer_16_2_k3_p2", "--data-dir", tmp_path / "images"]
     options += ["--recipe", "cifar10", "--image-size", 8, "--no-mixed-precision"]
-    train = ["train", *options, "--epochs", 1, "--batch-size", 8, "--seed", 0]
-    processes = [
-        run_cli(
-            *train,
-            "--output",
-            tmp_path / "run",
-            env={
-                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                "JAX_NUM_PROCESSES": "2",
-                "JAX_PROCESS_ID": str(i),
-            },
-        )
-        for i in range(2)
-    ]
-    logs = finish(processes)
+    train = ["train", *options, "--epochs", 2, "--batch-size", 8, "--seed", 0]
+
+    def two_processes(output):
+        port = free_port()
+        variables = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
+        processes = [
+            run_cli(*train, "--output", output, env={**variables, "JAX_PROCESS_ID": str(i)})
+            for i in range(2)
+        ]
+        return finish(processes)
+
+    logs = two_processes(tmp_path / "run")
     accuracies = {log.strip().splitlines()[-1] for log in logs}
     assert len(accuracies) == 1, logs
     with open(tmp_path / "run" / "log.csv") as f:
-        assert len(f.read().strip().splitlines()) == 2  # the header and one epoch
+        assert len(f.read().strip().splitlines()) == 3  # the header and two epochs
     (log,) = finish([run_cli("evaluate", *options, "--weights", tmp_path / "run" / "model.keras")])
     top1 = float(log.strip().splitlines()[-1].split()[1])
     assert float(accuracies.pop().split(": ")[1]) == pytest.approx(top1, abs=1e-4)
+    two_processes(tmp_path / "again")
+    first, second = (h5_arrays(tmp_path / run / "model.weights.h5") for run in ("run", "again"))
+    assert first.keys() == second.keys()
+    for name, values in first.items():
+        np.testing.assert_array_equal(values, second[name], err_msg=name)
+
+
+def h5_arrays(path) -> dict[str, np.ndarray]:
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, item: (
+                arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None
+            )
+        )
+    return arrays
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution: JAX backend")
