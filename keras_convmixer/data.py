@@ -105,9 +105,7 @@ def from_folder(
                 labels.append(label)
     if not paths:
         raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {folder}/<class>/")
-    if shard is not None:
-        count, index = _check_shard(shard)
-        paths, labels = paths[index::count], labels[index::count]
+    paths, labels = _keep_part(shard, paths, labels)
 
     def load(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
@@ -120,10 +118,15 @@ def from_folder(
 def from_arrays(images, labels, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """(uint8 images `(N, H, W, 3)`, int labels `(N,)`) as a dataset; with
     `shard=(num_shards, index)`, every `num_shards`-th pair from the `index`-th on."""
-    if shard is not None:
-        count, index = _check_shard(shard)
-        images, labels = images[index::count], labels[index::count]
-    return tf.data.Dataset.from_tensor_slices((images, labels))
+    return tf.data.Dataset.from_tensor_slices(_keep_part(shard, images, labels))
+
+
+def _keep_part(shard: tuple[int, int] | None, *sequences) -> tuple:
+    """Every `num_shards`-th item of each sequence from the `index`-th on; all without a shard."""
+    if shard is None:
+        return sequences
+    count, index = _check_shard(shard)
+    return tuple(sequence[index::count] for sequence in sequences)
 
 
 def _check_shard(shard) -> tuple[int, int]:

@@ -248,13 +248,16 @@ def test_recipe_values_are_checked():
         training.get_recipe("imagenet", erasing_prob=-0.1)
 
 
+def small_eval_pipeline(source, **options):
+    """Two classes of 8×8 images, no resizing: only the batching and padding act."""
+    return data.eval_pipeline(source, 2, "cifar10", image_size=8, crop_pct=1.0, **options)
+
+
 def test_eval_pipeline_pads_the_last_batch_with_zero_weights():
     source = data.from_arrays(np.full((11, 8, 8, 3), 200, np.uint8), np.arange(11) % 2)
 
     def pipeline(pad_to):
-        return data.eval_pipeline(
-            source, 2, "cifar10", batch_size=4, image_size=8, crop_pct=1.0, pad_to=pad_to
-        )
+        return small_eval_pipeline(source, batch_size=4, pad_to=pad_to)
 
     batches = [[t.numpy() for t in batch] for batch in pipeline(2)]
     assert [len(images) for images, _, _ in batches] == [4, 4, 4]  # 3 padded to 4
@@ -287,16 +290,7 @@ def test_eval_pipeline_adds_empty_batches_up_to_a_count():
     source = data.from_arrays(np.full((5, 8, 8, 3), 200, np.uint8), np.arange(5) % 2)
 
     def pipeline(batches, pad_to=2):
-        return data.eval_pipeline(
-            source,
-            2,
-            "cifar10",
-            image_size=8,
-            crop_pct=1.0,
-            batch_size=2,
-            pad_to=pad_to,
-            batches=batches,
-        )
+        return small_eval_pipeline(source, batch_size=2, pad_to=pad_to, batches=batches)
 
     batches = [[t.numpy() for t in batch] for batch in pipeline(5)]
     weights = np.concatenate([w for _, _, w in batches])
