@@ -7,8 +7,8 @@
 Every hyperparameter is a flag with the paper's value as default (`--help` lists them): AdamW
 lr 0.01, eps 1e-3, weight decay 2e-5 (none on biases and norms), one-cycle per iteration, 150
 epochs (use --epochs 300 for 768/32), global batch 640, clipping at 1.0, label smoothing 0.1,
-RandomResizedCrop 224 (0.08-1, 3/4-4/3), flip, RandAugment 2/9 (std 0.5), MixUp 0.5 /
-CutMix 0.5, RandomErasing 0.25, mixed precision. Resumable: run the same command again.
+RandomResizedCrop 224 (0.08-1, 3/4-4/3), flip, timm's RandAugment rand-m9-mstd0.5-inc1,
+MixUp 0.5 / CutMix 0.5, RandomErasing 0.25, mixed precision. Resumable: run the same command again.
 On one GPU, `--batch-size 64 --accumulation-steps 10` updates with the paper's 640 images.
 
 Several machines (JAX): run the same command on each, with the same --seed, and

@@ -4,23 +4,19 @@
   (`tf.image.stateless_sample_distorted_bounding_box` is the Inception crop that timm's
   RandomResizedCrop follows; Keras 3 has no RandomResizedCrop). Stateless ops with per-example
   seeds keep a seeded stream identical under parallel `map`.
-* RandAugment: keras-cv's, on batches. It draws the ops per image and supports timm's magnitude
-  noise (`magnitude_stddev`). Keras 3's `RandAugment` draws one set of ops per call, so on a
-  batch every image gets the same ops; mapped per example it runs every candidate op and keeps
-  one: 33 images/s against keras-cv's 956 at 224² on this project's 2-core CPU
-  (benchmarks/pipeline.py). Its two shears skip an identity resampling (`_single_axis_shears`).
-  It is keras-cv's policy, not a port of timm's: 10 ops (AutoContrast, Equalize, Solarize
-  with its addition, Color, Contrast, Brightness, ShearX/Y, TranslateX/Y) where timm's `rand`
-  has 15 (also Invert, Rotate, Posterize, Sharpness, and SolarizeAdd on its own). Color,
-  Solarize and the shears draw their magnitude from N(m, std) as timm does; Contrast,
-  Brightness and Translate draw uniformly up to m: a contrast factor in [0.1, 1.9], an
-  additive brightness shift up to ±0.9·255 (timm's is multiplicative), a translation up to
-  ±0.9 of the size with a reflected fill (timm: ±0.405 with the mean colour) at m = 0.9.
-  Its magnitude samplers are seeded stateful ops: under a global seed (a seeded pipeline, or
-  `keras.utils.set_random_seed`) each sampler's sequence of draws restarts every epoch. Which
-  image gets which draw still changes, since the op choices come from generators.
-* MixUp, CutMix: Keras 3's layers, on batches. They draw a weight (and box) per image, as
-  timm's "elem" mode does (timm's default draws one per batch).
+* RandAugment: `keras_convmixer.randaugment`, per example: timm's policy for ImageNet (the
+  paper's `rand-m9-mstd0.5-inc1`: 15 ops) and torchvision's for CIFAR-10, each op matching
+  PIL's output on the same image to one grey level. keras-cv's RandAugment, used before, is
+  another policy (10 ops, with contrast, brightness and translation drawn differently); it
+  draws from stateful generators that a seeded pipeline had to run one image at a time, and
+  at 224² it cost 1.4 ms of a core per image in the pipeline against 0.4 here (measured with
+  benchmarks/pipeline.py). Keras 3's `RandAugment` draws one set of ops per call, so on a
+  batch every image gets the same ops; mapped per example it ran at 33 images/s.
+* MixUp, CutMix: `mix` below, timm's batch mode (one λ per batch, each image mixed with its
+  mirror in the batch), the reference's default. Keras 3's layers draw a λ per image, pair
+  images at random and keep CutMix's box inside the image (timm clips a box around a uniform
+  centre and corrects λ); they also draw from stateful generators, so a seeded pipeline had
+  to run them one batch at a time, and CutMix took 1.3 ms of a core per image at 224².
 * RandomErasing: `random_erasing` below, the one op written here. Keras 3's `RandomErasing`
   draws N(0, 1) noise for every pixel of the batch whether or not an image is erased, which
   made it the slowest stage of the ImageNet pipeline (622 images/s alone at 224² on 2 cores);
@@ -29,18 +25,18 @@
   first that fits).
 * Normalisation: one multiply-add with tiled constants (`normalize`).
 
-All of these run inside `tf.data` on every Keras backend (Keras switches its preprocessing
-layers to TensorFlow ops there).
+All of these are TensorFlow ops with stateless draws, run inside `tf.data` on every Keras
+backend.
 """
 
 from __future__ import annotations
 
 import math
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_convmixer.randaugment import rand_augment
 from keras_convmixer.training import Recipe
 
 
@@ -73,29 +69,42 @@ def random_resized_crop(image, seed, size: int, scale, ratio):
 
 
 def example_transform(recipe: Recipe):
-    """Per-example training transform: `(uint8 image, seed) -> float32 image in [0, 255]`."""
+    """Per-example training transform: `(uint8 image, seed) -> float32 image of whole values
+    in [0, 255]` (rounded after the resize, as PIL's uint8 images are): crop, flip,
+    RandAugment."""
 
     def transform(image, seed):
-        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        crop_seed, flip_seed, policy_seed = tf.unstack(
+            tf.random.experimental.stateless_split(seed, 3)
+        )
         image = random_resized_crop(image, crop_seed, recipe.image_size, recipe.scale, recipe.ratio)
+        image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
         if recipe.flip:
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-        image = tf.clip_by_value(image, 0.0, 255.0)
+        if recipe.randaugment_ops > 0:
+            image = rand_augment(
+                image,
+                policy_seed,
+                recipe.randaugment_policy,
+                recipe.randaugment_ops,
+                recipe.randaugment_magnitude,
+                recipe.randaugment_std,
+                recipe.randaugment_rate,
+                recipe.mean,
+            )
         image.set_shape((recipe.image_size, recipe.image_size, 3))
         return image
 
     return transform
 
 
-PIPELINE_PARTS = ("examples", "batches", "randaugment", "mixup", "cutmix")
+PIPELINE_PARTS = ("examples", "batches")
 
 
 def part_seed(seed: int | None, part: str) -> int | None:
     """The seed of one random part of a pipeline (one of `PIPELINE_PARTS`), derived from the
     pipeline's `seed` so that the parts draw independently; None without a seed. In
-    [1, 2**31): keras-cv's vectorized layers take `seed=0` as no seed and draw from
-    TensorFlow's global generator, which `tf.random.set_seed` does not seed; Keras' seed
-    generators on the PyTorch backend hold int32."""
+    [1, 2**31), since a seed of 0 reads as "no seed" in some of TensorFlow's ops."""
     if seed is None:
         return None
     derived = np.random.SeedSequence([seed, PIPELINE_PARTS.index(part)]).generate_state(1)[0]
@@ -169,94 +178,72 @@ def smooth_labels(one_hot, smoothing: float):
     return one_hot * (1.0 - smoothing) + smoothing / classes
 
 
-def _single_axis_shears(randaugment) -> None:
-    """keras-cv's policy shears along one axis with the other axis' factor a constant 0, which
-    still runs a second, identity resampling (3.7 against 1.9 ms of one core per 224² image):
-    the zero factor is dropped, which keras-cv's `RandomShear` takes as "no shear there"."""
-    from keras_cv.layers import RandomShear
+def mix(images, labels, seed, mixup_alpha: float, cutmix_alpha: float, switch_prob: float):
+    """timm's Mixup in its default "batch" mode: one λ ~ Beta(α, α) for the whole batch, image
+    i mixed with image n-1-i (the batch reversed), the labels with the same λ. With both α
+    above 0, CutMix is chosen with probability `switch_prob`, else MixUp. CutMix pastes the
+    same box of the reversed batch into every image: sides √(1-λ) of the image's, around a
+    uniform centre, clipped to the image; λ becomes the share of the image outside the box.
+    `seed`: a stateless seed (two integers)."""
+    switch_seed, weight_seed, box_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        use_cutmix = tf.random.stateless_uniform([], switch_seed) < switch_prob
+    else:
+        use_cutmix = tf.constant(cutmix_alpha > 0)
+    alpha = tf.where(use_cutmix, float(cutmix_alpha), float(mixup_alpha))
+    gammas = tf.random.stateless_gamma([2], weight_seed, alpha)
+    weight = gammas[0] / (gammas[0] + gammas[1])  # Beta(α, α)
+    reversed_images = tf.reverse(images, [0])
 
-    for layer in randaugment.layers:
-        if isinstance(layer, RandomShear):
-            for axis in ("x_factor", "y_factor"):
-                if getattr(getattr(layer, axis), "value", None) == 0:
-                    setattr(layer, axis, None)
+    def cutmix():
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        side = tf.sqrt(1.0 - weight)
+        sizes = tf.stack([height, width])
+        centre = tf.random.stateless_uniform([2], box_seed) * tf.cast(sizes, tf.float32)
+        centre = tf.minimum(tf.cast(centre, tf.int32), sizes - 1)  # uniform in [0, size)
+        bounds = []
+        for size, middle in ((height, centre[0]), (width, centre[1])):
+            cut = tf.cast(tf.cast(size, tf.float32) * side, tf.int32)
+            bounds += [tf.clip_by_value(middle - cut // 2, 0, size)]
+            bounds += [tf.clip_by_value(middle + (cut + 1) // 2, 0, size)]
+        top, bottom, left, right = bounds
+        rows = [images[:, top:bottom, :left], reversed_images[:, top:bottom, left:right]]
+        rows.append(images[:, top:bottom, right:])
+        pasted = tf.concat([images[:, :top], tf.concat(rows, axis=2), images[:, bottom:]], axis=1)
+        area = tf.cast((bottom - top) * (right - left), tf.float32)
+        return pasted, 1.0 - area / tf.cast(height * width, tf.float32)
+
+    def mixup():
+        return reversed_images + weight * (images - reversed_images), weight
+
+    images, weight = tf.cond(use_cutmix, cutmix, mixup)
+    labels = weight * labels + (1.0 - weight) * tf.reverse(labels, [0])
+    return images, labels
 
 
-def _one_image_at_a_time(randaugment) -> None:
-    """keras-cv's RandAugment maps over the batch with `tf.map_fn`, whose iterations (10 at a
-    time in a graph) draw from the layers' shared stateful generators in whatever order the
-    threads reach them, so a seeded stream varied: images of a batch swapped their draws in 8
-    of 20 repeats of 32 images at 64². One iteration at a time makes the order fixed (0 of
-    30). A seeded ImageNet pipeline at 224² runs at 338–400 images/s on 2 cores this way,
-    against 397–411 with 10 iterations (unseeded: 442–494)."""
+def batch_transform(recipe: Recipe):
+    """The batch-level part of a recipe: `(images in [0, 255], one-hot labels, seed) ->
+    (normalised images, soft labels)`: normalisation, RandomErasing, label smoothing, then
+    MixUp or CutMix. `seed` (two integers, one pair per batch) keys every draw: all of them
+    are stateless, so a seeded stream repeats under parallel `map`. (A seeded stateful op
+    such as `tf.random.uniform(seed=s)` would not do: inside `tf.data` it restarts with every
+    new iterator, so every epoch would erase and mix exactly as the first.)"""
 
-    def sequential_map(func, inputs):
-        return tf.map_fn(func, inputs, parallel_iterations=1)
-
-    randaugment._map_fn = sequential_map
-
-
-class BatchAugmenter:
-    """The batch-level part of a recipe: RandAugment, normalisation, RandomErasing, smoothing,
-    then MixUp or CutMix (one of them per batch). `(images in [0, 255], one-hot labels, seed) ->
-    (normalised images, soft labels)`.
-
-    `seed` (two integers, one pair per batch) keys the stateless draws: the erased boxes and
-    the MixUp/CutMix switch. keras-cv's and Keras' layers draw from their own generators,
-    seeded by the constructor's `seed`. A seeded stateful op such as `tf.random.uniform(seed=s)`
-    would not do here: inside `tf.data` it restarts with every new iterator, so every epoch
-    would erase and switch exactly as the first.
-    """
-
-    def __init__(self, recipe: Recipe, seed: int | None = None):
-        self.recipe = recipe
-        self.randaugment = None
-        if recipe.randaugment_ops > 0:
-            import keras_cv
-
-            self.randaugment = keras_cv.layers.RandAugment(
-                value_range=(0, 255),
-                augmentations_per_image=recipe.randaugment_ops,
-                magnitude=recipe.randaugment_magnitude,
-                magnitude_stddev=recipe.randaugment_std,
-                rate=recipe.randaugment_rate,
-                seed=part_seed(seed, "randaugment"),
-            )
-            _single_axis_shears(self.randaugment)
-            if seed is not None:
-                _one_image_at_a_time(self.randaugment)
-        self.mixup = (
-            keras.layers.MixUp(recipe.mixup_alpha, seed=part_seed(seed, "mixup"))
-            if recipe.mixup_alpha
-            else None
-        )
-        self.cutmix = (
-            # A (low, high) factor is the range alpha is drawn from; a single number x would
-            # mean "alpha uniform in (0, x)", not timm's fixed alpha.
-            keras.layers.CutMix((recipe.cutmix_alpha,) * 2, seed=part_seed(seed, "cutmix"))
-            if recipe.cutmix_alpha
-            else None
-        )
-
-    def __call__(self, images, labels, seed):
-        recipe = self.recipe
-        erasing_seed, switch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        if self.randaugment is not None:
-            images = self.randaugment(images, training=True)
+    def transform(images, labels, seed):
+        erasing_seed, mixing_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         images = normalize(tf.cast(images, tf.float32), recipe.mean, recipe.std)
         if recipe.erasing_prob > 0:
             images = random_erasing(images, recipe.erasing_prob, erasing_seed)
         labels = smooth_labels(tf.cast(labels, tf.float32), recipe.label_smoothing)
-        return self._mix(images, labels, switch_seed)
-
-    def _mix(self, images, labels, seed):
-        def apply(layer):
-            mixed = layer({"images": images, "labels": labels}, training=True)
-            return mixed["images"], mixed["labels"]
-
-        if self.mixup and self.cutmix:
-            use_cutmix = tf.random.stateless_uniform([], seed) < self.recipe.mix_switch_prob
-            return tf.cond(use_cutmix, lambda: apply(self.cutmix), lambda: apply(self.mixup))
-        if self.mixup or self.cutmix:
-            return apply(self.mixup or self.cutmix)
+        if recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0:
+            images, labels = mix(
+                images,
+                labels,
+                mixing_seed,
+                recipe.mixup_alpha,
+                recipe.cutmix_alpha,
+                recipe.mix_switch_prob,
+            )
         return images, labels
+
+    return transform

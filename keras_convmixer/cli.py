@@ -350,6 +350,10 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         defaults = f"imagenet {getattr(imagenet, field.name)}, cifar10 {getattr(cifar, field.name)}"
         if field.type in ("bool",):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, help=defaults)
+        elif field.name == "randaugment_policy":
+            from keras_convmixer.randaugment import POLICIES
+
+            group.add_argument(flag, choices=sorted(POLICIES), help=defaults)
         elif field.type.startswith("tuple"):
             group.add_argument(
                 flag, type=float, nargs=len(getattr(imagenet, field.name)), help=defaults

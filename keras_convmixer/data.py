@@ -15,7 +15,7 @@ import os
 
 import tensorflow as tf
 
-from keras_convmixer.augment import BatchAugmenter, example_transform, normalize, part_seed
+from keras_convmixer.augment import batch_transform, example_transform, normalize, part_seed
 from keras_convmixer.training import Recipe, get_recipe
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -164,24 +164,17 @@ def train_pipeline(
         batch_size: int. Defaults to the recipe's (per replica × replicas is the caller's
             choice under a distribution strategy).
         seed: int. Same seed, same stream (shuffle, crops, RandAugment, erasing, mixing);
-            epochs still differ. Also sets TensorFlow's global seed, which keras-cv's
-            RandAugment draws from. The batch stage then runs one batch at a time and
-            RandAugment one image at a time, which is what keeps the draws in order: about
-            20% slower at 224² on 2 cores. Defaults to None (not reproducible).
+            epochs still differ. Defaults to None (not reproducible).
         shuffle_buffer: int. Shuffle buffer size. Defaults to 10,000.
         cache: bool. Cache the decoded images in memory. Defaults to False.
         batches: int. Only the first `batches` batches of each epoch, the number that every
-            process can feed when each feeds its own part (`distribute.Setup`). They are
-            taken before the batch augmentations, whose generators would otherwise draw for
-            batches computed ahead and thrown away, as many as the timing allowed, so that a
-            seeded stream would differ from run to run. Defaults to None (all).
+            process can feed when each feeds its own part (`distribute.Setup`). Defaults to
+            None (all).
     """
     if batches is not None and batches < 1:
         raise ValueError(f"batches must be ≥ 1. Received: batches={batches}")
     recipe = get_recipe(recipe, **overrides)
     batch_size = batch_size or recipe.batch_size
-    if seed is not None:  # first, so that every op below derives its seeds the same way
-        tf.random.set_seed(seed)
     if cache:
         dataset = dataset.cache()
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -202,15 +195,13 @@ def train_pipeline(
     dataset = tf.data.Dataset.zip((dataset.batch(batch_size, drop_remainder=True), batch_seeds))
     if batches is not None:
         dataset = dataset.take(batches)
-    augmenter = BatchAugmenter(recipe, seed)
-
-    def per_batch(batch, seed_pair):
-        return augmenter(*batch, seed_pair)
-
-    # keras-cv's and Keras' batch layers draw from stateful generators: in parallel calls the
-    # draws would interleave, so a seeded stream runs them one batch at a time.
-    parallel = None if seed is not None else AUTOTUNE
-    return dataset.map(per_batch, num_parallel_calls=parallel).prefetch(AUTOTUNE)
+    transform_batch = batch_transform(recipe)
+    dataset = dataset.map(
+        lambda batch, seed_pair: transform_batch(*batch, seed_pair),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=seed is not None,
+    )
+    return dataset.prefetch(AUTOTUNE)
 
 
 def eval_pipeline(

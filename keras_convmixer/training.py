@@ -4,11 +4,11 @@ Two recipes, as data:
 
 * `"imagenet"`: the paper's (timm's train.py on 10 GPUs × 64): AdamW lr 0.01, eps 1e-3, weight
   decay 2e-5 with none on biases and norm parameters, one-cycle per iteration, 150 epochs,
-  gradient clipping at global norm 1.0, label smoothing 0.1, RandAugment 2/9 (std 0.5),
-  MixUp 0.5 / CutMix 0.5 (switch 0.5), RandomErasing 0.25.
+  gradient clipping at global norm 1.0, label smoothing 0.1, timm's RandAugment
+  `rand-m9-mstd0.5-inc1`, MixUp 0.5 / CutMix 0.5 (switch 0.5), RandomErasing 0.25.
 * `"cifar10"`: locuslab/convmixer-cifar10's ConvMixer-256/8: batch 512, AdamW lr 0.05, weight
-  decay 0.005 on every parameter, 25 epochs, RandAugment 2/12, clipping at 1.0, no mixing,
-  no erasing (~92.5% test accuracy).
+  decay 0.005 on every parameter, 25 epochs, torchvision's RandAugment(2, 12), clipping at
+  1.0, no mixing, no erasing (~92.5% test accuracy).
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ class Recipe:
     scale: tuple[float, float]
     ratio: tuple[float, float]
     flip: bool
+    randaugment_policy: str  # "timm" or "torchvision": keras_convmixer.randaugment.POLICIES
     randaugment_ops: int
-    randaugment_magnitude: float  # fraction of the strongest setting, as keras-cv takes it
+    randaugment_magnitude: float  # on the policy's scale: timm 0-10, torchvision bins 0-30
     randaugment_std: float
     randaugment_rate: float  # probability that each chosen op is applied
     mixup_alpha: float
@@ -71,9 +72,10 @@ RECIPES: dict[str, Recipe] = {
         scale=(0.08, 1.0),
         ratio=(3 / 4, 4 / 3),
         flip=True,
+        randaugment_policy="timm",  # rand-m9-mstd0.5-inc1: each op with p 0.5
         randaugment_ops=2,
-        randaugment_magnitude=0.9,  # timm's rand-m9-mstd0.5: m / 10, each op with p 0.5
-        randaugment_std=0.05,
+        randaugment_magnitude=9.0,
+        randaugment_std=0.5,
         randaugment_rate=0.5,
         mixup_alpha=0.5,
         cutmix_alpha=0.5,
@@ -96,8 +98,9 @@ RECIPES: dict[str, Recipe] = {
         scale=(1.0, 1.0),
         ratio=(1.0, 1.0),
         flip=True,
+        randaugment_policy="torchvision",  # RandAugment(2, 12): always applied
         randaugment_ops=2,
-        randaugment_magnitude=0.4,  # torchvision's RandAugment(2, 12): bin 12 of 0..30, always
+        randaugment_magnitude=12.0,
         randaugment_std=0.0,
         randaugment_rate=1.0,
         mixup_alpha=0.0,
@@ -124,13 +127,24 @@ def get_recipe(recipe: str | Recipe, **overrides) -> Recipe:
             f"Unknown recipe fields {sorted(unknown)}; see keras_convmixer.training.Recipe"
         )
     recipe = dataclasses.replace(recipe, **overrides)
-    limits = {  # CutMix's alpha is bounded by Keras' CutMix layer
+    limits = {
         "erasing_prob": (0.0, 1.0),
         "mix_switch_prob": (0.0, 1.0),
         "label_smoothing": (0.0, 1.0),
-        "cutmix_alpha": (0.0, 1.0),
+        "cutmix_alpha": (0.0, float("inf")),
         "mixup_alpha": (0.0, float("inf")),
     }
+    from keras_convmixer.randaugment import POLICIES
+
+    if recipe.randaugment_policy not in POLICIES:
+        raise ValueError(
+            f"randaugment_policy must be one of {sorted(POLICIES)}. "
+            f"Received: randaugment_policy={recipe.randaugment_policy!r}"
+        )
+    limits["randaugment_magnitude"] = (0.0, POLICIES[recipe.randaugment_policy].max_magnitude)
+    limits["randaugment_ops"] = (0, float("inf"))
+    limits["randaugment_std"] = (0.0, float("inf"))
+    limits["randaugment_rate"] = (0.0, 1.0)
     for name, (low, high) in limits.items():
         value = getattr(recipe, name)
         if not low <= value <= high:

@@ -24,7 +24,7 @@ def digits_recipe(epochs: int):
     return training.get_recipe(
         "cifar10",
         flip=False,
-        randaugment_magnitude=0.2,
+        randaugment_magnitude=6,
         batch_size=64,
         epochs=epochs,
         lr=0.01,

@@ -180,7 +180,7 @@ def test_train_on_an_image_folder_then_evaluate(tmp_path):
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{i}.png")
     recipe = ["--recipe", "cifar10", "--epochs", "6", "--batch-size", "64", "--lr", "0.01"]
-    recipe += ["--no-flip", "--randaugment-magnitude", "0.2", "--no-mixed-precision"]
+    recipe += ["--no-flip", "--randaugment-magnitude", "6", "--no-mixed-precision"]
     out = tmp_path / "run"
     data = ["--data-dir", str(tmp_path / "digits")]
     result = cli(

@@ -159,7 +159,7 @@ def test_backup_and_restore_resumes_to_the_same_weights(tmp_path):
 
 
 def test_a_seeded_fit_through_the_pipeline_repeats_exactly():
-    """Seed 0 included: keras-cv's RandAugment took it as no seed and drew differently in
+    """Seed 0 included: a derived seed of 0 would read as no seed and draw differently in
     every run."""
     x_train, y_train, _, _ = digits_32()
     recipe = training.get_recipe(

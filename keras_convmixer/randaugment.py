@@ -1,0 +1,296 @@
+"""RandAugment as timm and torchvision define it, one image at a time, with stateless draws.
+
+Two policies, as data (`POLICIES`):
+
+* `"timm"`: timm's `rand-m{M}-mstd{S}-inc1`, the paper's ImageNet setting (M 9, S 0.5): 15
+  ops; each of the chosen ops is applied with probability `rate` (timm: 0.5) at a magnitude
+  drawn from N(M, S) and clipped to [0, 10]; geometric ops fill with the ImageNet mean colour.
+* `"torchvision"`: torchvision's `RandAugment(num_ops, magnitude)`, which
+  locuslab/convmixer-cifar10 uses: 14 ops with the identity, always applied, the magnitude a
+  bin of 0..30, black fill, nearest-neighbour sampling.
+
+The reference pipelines run these ops with PIL on uint8 images. Here images are float32 with
+whole values in [0, 255], and every op rounds, truncates and clips as PIL does, so that op by
+op the results match PIL's (tests/test_randaugment.py compares each op with timm's). One
+difference: timm resamples its geometric ops bilinearly or bicubically at random; here they
+are always bilinear, as TensorFlow's projective transform has no bicubic.
+
+Each image draws its own ops, magnitudes and signs from a stateless seed, and only the drawn
+ops run (`tf.switch_case`), so RandAugment costs what the drawn ops cost and a seeded stream
+repeats under parallel `map`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+
+import tensorflow as tf
+
+Image = tf.Tensor  # float32 (height, width, 3), whole values in [0, 255]
+
+
+def _round(image: Image) -> Image:
+    return tf.clip_by_value(tf.round(image), 0.0, 255.0)
+
+
+def _blend(degenerate: Image, image: Image, factor) -> Image:
+    """PIL's `Image.blend(degenerate, image, factor)`, which `ImageEnhance` runs: truncated."""
+    return tf.floor(tf.clip_by_value(degenerate + factor * (image - degenerate), 0.0, 255.0))
+
+
+def _gray(image: Image) -> Image:
+    """PIL's RGB -> L conversion (ITU-R 601-2 luma in 16-bit fixed point), shape (h, w, 1)."""
+    weights = tf.constant([19595.0, 38470.0, 7471.0])
+    return tf.floor((tf.reduce_sum(image * weights, axis=-1, keepdims=True) + 32768.0) / 65536.0)
+
+
+def identity(image: Image, _=None) -> Image:
+    return image
+
+
+def auto_contrast(image: Image, _=None) -> Image:
+    """Each channel stretched from its [min, max] to [0, 255]; a flat channel is kept."""
+    low = tf.reduce_min(image, axis=(0, 1))
+    high = tf.reduce_max(image, axis=(0, 1))
+    scale = 255.0 / tf.maximum(high - low, 1.0)
+    stretched = tf.clip_by_value(tf.floor(image * scale - low * scale), 0.0, 255.0)
+    return tf.where(high > low, stretched, image)
+
+
+def equalize(image: Image, _=None) -> Image:
+    """PIL's `ImageOps.equalize`: per channel, a lookup table from the cumulative histogram."""
+    values = tf.cast(image, tf.int32) + tf.range(3) * 256  # one histogram per channel
+    histogram = tf.reshape(tf.math.bincount(values, minlength=768, maxlength=768), (3, 256))
+    used = histogram > 0
+    last = 255 - tf.argmax(tf.reverse(tf.cast(used, tf.int32), [1]), axis=1, output_type=tf.int32)
+    last_count = tf.gather(histogram, last, batch_dims=1)
+    step = (tf.reduce_sum(histogram, axis=1) - last_count) // 255
+    below = tf.cumsum(histogram, axis=1, exclusive=True)
+    lut = (step[:, None] // 2 + below) // tf.maximum(step[:, None], 1)
+    keep = (tf.reduce_sum(tf.cast(used, tf.int32), axis=1) <= 1) | (step == 0)
+    lut = tf.where(keep[:, None], tf.range(256)[None, :], tf.minimum(lut, 255))
+    return tf.cast(tf.gather(tf.reshape(lut, [-1]), values), tf.float32)
+
+
+def invert(image: Image, _=None) -> Image:
+    return 255.0 - image
+
+
+def posterize(image: Image, bits) -> Image:
+    """Keeps the `bits` most significant bits (8 or more: unchanged, 0: black)."""
+    unit = 2.0 ** (8.0 - tf.clip_by_value(tf.cast(bits, tf.float32), 0.0, 8.0))
+    return tf.floor(image * (1.0 / unit)) * unit
+
+
+def solarize(image: Image, threshold) -> Image:
+    return tf.where(image < threshold, image, 255.0 - image)
+
+
+def solarize_add(image: Image, add, threshold: float = 128.0) -> Image:
+    return tf.where(image < threshold, tf.minimum(image + add, 255.0), image)
+
+
+def color(image: Image, factor) -> Image:
+    return _blend(_gray(image), image, factor)
+
+
+def contrast(image: Image, factor) -> Image:
+    """Blended with a flat image of the grey level's rounded mean."""
+    return _blend(tf.floor(tf.reduce_mean(_gray(image)) + 0.5), image, factor)
+
+
+def brightness(image: Image, factor) -> Image:
+    return _blend(0.0, image, factor)
+
+
+def sharpness(image: Image, factor) -> Image:
+    """Blended with PIL's SMOOTH filter (3×3, centre 5, others 1, over 13; the border
+    pixels kept as they are)."""
+    kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+    inner = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "VALID")[0]
+    border = tf.pad(tf.zeros_like(inner, tf.bool), [[1, 1], [1, 1], [0, 0]], constant_values=True)
+    smooth = tf.where(border, image, tf.pad(_round(inner), [[1, 1], [1, 1], [0, 0]]))
+    return _blend(smooth, image, factor)
+
+
+def affine(image: Image, matrix, fill, interpolation: str = "BILINEAR") -> Image:
+    """PIL's `Image.transform(size, AFFINE, matrix)`: the output pixel centred at (x, y) takes
+    the input at (a x + b y + c, d x + e y + f), in coordinates where pixel centres sit at
+    half-integers, and `fill` (one value per channel) where that lies outside the input.
+    As PIL does, sampling near the edges repeats the edge pixels, and the result truncates."""
+    a, b, c, d, e, f = (tf.cast(v, tf.float32) for v in matrix)
+    # TensorFlow's transform maps output to input pixel indices (centres at integers); outside
+    # the input it repeats the edge pixels, and `fill` goes where PIL puts it.
+    transform = tf.stack([a, b, c + 0.5 * (a + b - 1), d, e, f + 0.5 * (d + e - 1), 0.0, 0.0])
+    fill = tf.constant(fill, tf.float32)
+
+    moved = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=transform[None],
+        output_shape=tf.shape(image)[:2],
+        fill_value=0.0,
+        interpolation=interpolation,
+        fill_mode="NEAREST",
+    )[0]
+    width, height = _size(image)
+    x = tf.range(width)[None, :] + 0.5
+    y = tf.range(height)[:, None] + 0.5
+    source_x, source_y = a * x + b * y + c, d * x + e * y + f
+    inside = (source_x >= 0) & (source_x < width) & (source_y >= 0) & (source_y < height)
+    inside = tf.tile(inside[:, :, None], [1, 1, 3])
+    return tf.where(inside, tf.floor(moved), tf.zeros_like(moved) + fill)
+
+
+def _size(image: Image):
+    shape = tf.cast(tf.shape(image), tf.float32)
+    return shape[1], shape[0]  # width, height
+
+
+def shear_x(image: Image, factor, **kwargs) -> Image:
+    return affine(image, (1.0, factor, 0.0, 0.0, 1.0, 0.0), **kwargs)
+
+
+def shear_y(image: Image, factor, **kwargs) -> Image:
+    return affine(image, (1.0, 0.0, 0.0, factor, 1.0, 0.0), **kwargs)
+
+
+def translate_x(image: Image, pixels, **kwargs) -> Image:
+    return affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), **kwargs)
+
+
+def translate_y(image: Image, pixels, **kwargs) -> Image:
+    return affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), **kwargs)
+
+
+def rotate(image: Image, degrees, **kwargs) -> Image:
+    """PIL's `Image.rotate(degrees)`: counter-clockwise about the image's centre."""
+    width, height = _size(image)
+    angle = -tf.cast(degrees, tf.float32) * (math.pi / 180.0)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    cx, cy = width / 2.0, height / 2.0
+    matrix = (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
+    return affine(image, matrix, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One op of a policy: `apply(image, argument)` and the argument for a magnitude and a
+    sign (±1; ops without direction ignore it); `geometric` ops take the fill and sampling."""
+
+    apply: Callable
+    argument: Callable = lambda magnitude, sign, image: 0.0
+    geometric: bool = False
+
+
+def _enhance_increasing(magnitude, sign, _):
+    return tf.maximum(0.1, 1.0 + sign * magnitude / 10.0 * 0.9)
+
+
+def _torchvision_enhance(magnitude, sign, _):
+    return 1.0 + sign * magnitude / 30.0 * 0.9
+
+
+def _relative(magnitude, sign, image, axis: int):
+    """timm: a translation of up to 0.45 of the width (axis 0) or height (axis 1)."""
+    return sign * magnitude / 10.0 * 0.45 * _size(image)[axis]
+
+
+def _torchvision_translation(magnitude, sign, image, axis: int):
+    """torchvision: whole pixels, up to 150/331 of the side, the other way round from timm."""
+    return -sign * tf.floor(magnitude / 30.0 * 150.0 / 331.0 * _size(image)[axis])
+
+
+TIMM_OPS: dict[str, Op] = {
+    "AutoContrast": Op(auto_contrast),
+    "Equalize": Op(equalize),
+    "Invert": Op(invert),
+    "Rotate": Op(rotate, lambda m, s, _: s * m / 10.0 * 30.0, geometric=True),
+    "PosterizeIncreasing": Op(posterize, lambda m, s, _: 4.0 - tf.floor(m / 10.0 * 4.0)),
+    "SolarizeIncreasing": Op(solarize, lambda m, s, _: 256.0 - tf.floor(m / 10.0 * 256.0)),
+    "SolarizeAdd": Op(solarize_add, lambda m, s, _: tf.floor(m / 10.0 * 110.0)),
+    "ColorIncreasing": Op(color, _enhance_increasing),
+    "ContrastIncreasing": Op(contrast, _enhance_increasing),
+    "BrightnessIncreasing": Op(brightness, _enhance_increasing),
+    "SharpnessIncreasing": Op(sharpness, _enhance_increasing),
+    "ShearX": Op(shear_x, lambda m, s, _: s * m / 10.0 * 0.3, geometric=True),
+    "ShearY": Op(shear_y, lambda m, s, _: s * m / 10.0 * 0.3, geometric=True),
+    "TranslateXRel": Op(translate_x, functools.partial(_relative, axis=0), geometric=True),
+    "TranslateYRel": Op(translate_y, functools.partial(_relative, axis=1), geometric=True),
+}
+
+TORCHVISION_OPS: dict[str, Op] = {
+    "Identity": Op(identity),
+    "ShearX": Op(shear_x, lambda m, s, _: s * m / 30.0 * 0.3, geometric=True),
+    "ShearY": Op(shear_y, lambda m, s, _: s * m / 30.0 * 0.3, geometric=True),
+    "TranslateX": Op(
+        translate_x, functools.partial(_torchvision_translation, axis=0), geometric=True
+    ),
+    "TranslateY": Op(
+        translate_y, functools.partial(_torchvision_translation, axis=1), geometric=True
+    ),
+    "Rotate": Op(rotate, lambda m, s, _: s * m, geometric=True),
+    "Brightness": Op(brightness, _torchvision_enhance),
+    "Color": Op(color, _torchvision_enhance),
+    "Contrast": Op(contrast, _torchvision_enhance),
+    "Sharpness": Op(sharpness, _torchvision_enhance),
+    "Posterize": Op(posterize, lambda m, s, _: 8.0 - tf.round(m / 7.5)),
+    "Solarize": Op(solarize, lambda m, s, _: 255.0 - m * 8.5),
+    "AutoContrast": Op(auto_contrast),
+    "Equalize": Op(equalize),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """A RandAugment policy: its ops, the largest magnitude, the geometric ops' fill (None:
+    the dataset's mean colour) and sampling."""
+
+    ops: dict[str, Op]
+    max_magnitude: float
+    fill: tuple[float, float, float] | None
+    interpolation: str
+
+
+POLICIES: dict[str, Policy] = {
+    "timm": Policy(TIMM_OPS, 10.0, None, "BILINEAR"),
+    "torchvision": Policy(TORCHVISION_OPS, 30.0, (0.0, 0.0, 0.0), "NEAREST"),
+}
+
+
+def rand_augment(
+    image: Image,
+    seed,
+    policy: str,
+    num_ops: int,
+    magnitude: float,
+    magnitude_std: float = 0.0,
+    rate: float = 1.0,
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+) -> Image:
+    """`num_ops` ops of `policy` drawn with replacement, each applied with probability `rate`
+    at a magnitude from N(`magnitude`, `magnitude_std`) clipped to [0, the policy's largest],
+    each with a random sign. `seed`: a stateless seed (two integers). `mean`: the dataset's
+    mean colour in [0, 1], the timm policy's fill."""
+    chosen = POLICIES[policy]
+    ops = list(chosen.ops.values())
+    fill = chosen.fill or tuple(float(round(255 * m)) for m in mean)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    which = tf.random.stateless_uniform([num_ops], seeds[0], 0, len(ops), tf.int32)
+    applied = tf.random.stateless_uniform([num_ops], seeds[1]) < rate
+    levels = magnitude + magnitude_std * tf.random.stateless_normal([num_ops], seeds[2])
+    levels = tf.clip_by_value(levels, 0.0, chosen.max_magnitude)
+    signs = tf.where(tf.random.stateless_uniform([num_ops], seeds[3]) < 0.5, -1.0, 1.0)
+
+    def branch(op: Op, image, level, sign):
+        kwargs = {"fill": fill, "interpolation": chosen.interpolation} if op.geometric else {}
+        return lambda: op.apply(image, op.argument(level, sign, image), **kwargs)
+
+    for i in range(num_ops):
+        branches = [branch(op, image, levels[i], signs[i]) for op in ops]
+        branches.append(branch(Op(identity), image, levels[i], signs[i]))  # not applied
+        image = tf.switch_case(tf.where(applied[i], which[i], len(ops)), branches)
+    return image
