@@ -9,9 +9,9 @@
   PIL's output on the same image to one grey level. keras-cv's RandAugment, used before, is
   another policy (10 ops, with contrast, brightness and translation drawn differently); it
   draws from stateful generators that a seeded pipeline had to run one image at a time, and
-  at 224² it cost 1.4 ms of a core per image in the pipeline against 0.4 here (measured with
-  benchmarks/pipeline.py). Keras 3's `RandAugment` draws one set of ops per call, so on a
-  batch every image gets the same ops; mapped per example it ran at 33 images/s.
+  alone at 224² it ran at 660–770 images/s on 2 cores against 1,210–1,490 here
+  (benchmarks/pipeline.py). Keras 3's `RandAugment` draws one set of ops per call, so on a
+  batch every image gets the same ops; mapped per example it ran at 25–44 images/s.
 * MixUp, CutMix: `mix` below, timm's batch mode (one λ per batch, each image mixed with its
   mirror in the batch), the reference's default. Keras 3's layers draw a λ per image, pair
   images at random and keep CutMix's box inside the image (timm clips a box around a uniform
