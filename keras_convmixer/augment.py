@@ -17,12 +17,11 @@
   images at random and keep CutMix's box inside the image (timm clips a box around a uniform
   centre and corrects λ); they also draw from stateful generators, so a seeded pipeline had
   to run them one batch at a time, and CutMix took 1.3 ms of a core per image at 224².
-* RandomErasing: `random_erasing` below, the one op written here. Keras 3's `RandomErasing`
-  draws N(0, 1) noise for every pixel of the batch whether or not an image is erased, which
-  made it the slowest stage of the ImageNet pipeline (622 images/s alone at 224² on 2 cores);
-  this one draws noise only for the erased boxes' pixels (on average 4.5% of the pixels at
-  p=0.25) and writes them with one scatter, and follows timm's box sampling (10 attempts,
-  first that fits).
+* RandomErasing: `random_erasing` below. Keras 3's `RandomErasing` draws N(0, 1) noise for
+  every pixel of the batch whether or not an image is erased, which made it the slowest stage
+  of the ImageNet pipeline (622 images/s alone at 224² on 2 cores); this one draws noise only
+  for the erased boxes' pixels (on average 4.5% of the pixels at p=0.25) and writes them with
+  one scatter, and follows timm's box sampling (10 attempts, first that fits).
 * Normalisation: one multiply-add with tiled constants (`normalize`).
 
 All of these are TensorFlow ops with stateless draws, run inside `tf.data` on every Keras
