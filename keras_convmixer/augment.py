@@ -35,7 +35,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from keras_convmixer.randaugment import rand_augment
+from keras_convmixer.randaugment import rand_augment, tile_channels, whole_levels
 from keras_convmixer.training import Recipe
 
 
@@ -77,7 +77,7 @@ def example_transform(recipe: Recipe):
             tf.random.experimental.stateless_split(seed, 3)
         )
         image = random_resized_crop(image, crop_seed, recipe.image_size, recipe.scale, recipe.ratio)
-        image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
+        image = whole_levels(image)
         if recipe.flip:
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
         if recipe.randaugment_ops > 0:
@@ -163,12 +163,7 @@ def normalize(images, mean, std):
     TensorFlow's CPU kernels broadcast a trailing axis of 3 slowly: 0.55 against 0.17 ms of
     one core per 224² image (the difference is ~1e-7, float32 rounding)."""
     mean, std = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
-    multiples = tf.concat([tf.shape(images)[-3:-1], [1]], axis=0)
-
-    def tiled(per_channel):
-        return tf.tile(tf.reshape(per_channel, (1, 1, -1)), multiples)
-
-    return images * tiled(1.0 / (255.0 * std)) + tiled(-mean / std)
+    return images * tile_channels(1.0 / (255.0 * std), images) + tile_channels(-mean / std, images)
 
 
 def smooth_labels(one_hot, smoothing: float):

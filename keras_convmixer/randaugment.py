@@ -32,7 +32,8 @@ import tensorflow as tf
 Image = tf.Tensor  # float32 (height, width, 3), whole values in [0, 255]
 
 
-def _round(image: Image) -> Image:
+def whole_levels(image: Image) -> Image:
+    """Rounded and clipped to [0, 255], as a uint8 image holds it."""
     return tf.clip_by_value(tf.round(image), 0.0, 255.0)
 
 
@@ -46,10 +47,11 @@ def _select(mask, chosen: Image, other: Image) -> Image:
     return other + tf.cast(mask, tf.float32) * (chosen - other)
 
 
-def _per_pixel(values, image: Image) -> Image:
-    """Per-channel `values` tiled to the image's shape."""
-    size = tf.shape(image)
-    return tf.tile(tf.reshape(tf.cast(values, tf.float32), (1, 1, 3)), [size[0], size[1], 1])
+def tile_channels(values, images) -> tf.Tensor:
+    """Per-channel `values` tiled to `(height, width, channels)` of `images` (one image or a
+    batch), to multiply or add without a trailing-axis broadcast."""
+    multiples = tf.concat([tf.shape(images)[-3:-1], [1]], axis=0)
+    return tf.tile(tf.reshape(tf.cast(values, tf.float32), (1, 1, -1)), multiples)
 
 
 def _blend(degenerate: Image, image: Image, factor) -> Image:
@@ -75,7 +77,7 @@ def auto_contrast(image: Image, _=None) -> Image:
     high = tf.reduce_max(image, axis=(0, 1))
     scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1.0), 1.0)
     offset = tf.where(high > low, -low * scale, 0.0)
-    stretched = image * _per_pixel(scale, image) + _per_pixel(offset, image)
+    stretched = image * tile_channels(scale, image) + tile_channels(offset, image)
     return tf.clip_by_value(tf.floor(stretched), 0.0, 255.0)
 
 
@@ -132,7 +134,7 @@ def sharpness(image: Image, factor) -> Image:
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
     inner = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "VALID")[0]
     border = tf.pad(tf.zeros_like(inner), [[1, 1], [1, 1], [0, 0]], constant_values=1.0)
-    smooth = _select(border, image, tf.pad(_round(inner), [[1, 1], [1, 1], [0, 0]]))
+    smooth = _select(border, image, tf.pad(whole_levels(inner), [[1, 1], [1, 1], [0, 0]]))
     return _blend(smooth, image, factor)
 
 
@@ -159,7 +161,8 @@ def affine(image: Image, matrix, fill, interpolation: str = "BILINEAR") -> Image
     y = tf.range(height)[:, None] + 0.5
     source_x, source_y = a * x + b * y + c, d * x + e * y + f
     inside = (source_x >= 0) & (source_x < width) & (source_y >= 0) & (source_y < height)
-    return _select(tf.tile(inside[:, :, None], [1, 1, 3]), tf.floor(moved), _per_pixel(fill, image))
+    inside = tf.tile(inside[:, :, None], [1, 1, 3])
+    return _select(inside, tf.floor(moved), tile_channels(fill, image))
 
 
 def _size(image: Image):

@@ -127,13 +127,6 @@ def get_recipe(recipe: str | Recipe, **overrides) -> Recipe:
             f"Unknown recipe fields {sorted(unknown)}; see keras_convmixer.training.Recipe"
         )
     recipe = dataclasses.replace(recipe, **overrides)
-    limits = {
-        "erasing_prob": (0.0, 1.0),
-        "mix_switch_prob": (0.0, 1.0),
-        "label_smoothing": (0.0, 1.0),
-        "cutmix_alpha": (0.0, float("inf")),
-        "mixup_alpha": (0.0, float("inf")),
-    }
     from keras_convmixer.randaugment import POLICIES
 
     if recipe.randaugment_policy not in POLICIES:
@@ -141,10 +134,17 @@ def get_recipe(recipe: str | Recipe, **overrides) -> Recipe:
             f"randaugment_policy must be one of {sorted(POLICIES)}. "
             f"Received: randaugment_policy={recipe.randaugment_policy!r}"
         )
-    limits["randaugment_magnitude"] = (0.0, POLICIES[recipe.randaugment_policy].max_magnitude)
-    limits["randaugment_ops"] = (0, float("inf"))
-    limits["randaugment_std"] = (0.0, float("inf"))
-    limits["randaugment_rate"] = (0.0, 1.0)
+    limits = {
+        "erasing_prob": (0.0, 1.0),
+        "mix_switch_prob": (0.0, 1.0),
+        "label_smoothing": (0.0, 1.0),
+        "cutmix_alpha": (0.0, float("inf")),
+        "mixup_alpha": (0.0, float("inf")),
+        "randaugment_ops": (0, float("inf")),
+        "randaugment_magnitude": (0.0, POLICIES[recipe.randaugment_policy].max_magnitude),
+        "randaugment_std": (0.0, float("inf")),
+        "randaugment_rate": (0.0, 1.0),
+    }
     for name, (low, high) in limits.items():
         value = getattr(recipe, name)
         if not low <= value <= high:
