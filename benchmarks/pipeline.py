@@ -110,6 +110,8 @@ def main() -> None:
         "backend": keras.backend.backend(),
         "cpu_cores": cores,
         "batch_size": args.batch_size,
+        # keras_convmixer sets it to "true" on JAX and PyTorch (see its __init__)
+        "tf_cpu_allocator_use_bfc": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
         "images_per_s": rates[True],
         "images_per_s_per_core": rates[True] / cores,
         "with_jpeg_decode_images_per_s": rates[False],

@@ -1,5 +1,9 @@
 """Input pipelines on tfds mock data and on an image folder the test writes."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -159,7 +163,9 @@ def test_random_erasing_probability():
 
 
 def test_random_erasing_boxes_and_noise_follow_timm():
-    images = augment.random_erasing(tf.fill((2000, 40, 30, 3), 10.0), 0.25, [3, 0]).numpy()
+    source = tf.fill((2000, 40, 30, 3), 10.0)
+    images = augment.random_erasing(source, 0.25, [3, 0]).numpy()
+    assert (source.numpy() == 10.0).all()  # boxes are written in place only into its own copy
     changed = (images != 10.0).any(axis=-1)
     erased = np.flatnonzero(changed.any(axis=(1, 2)))
     assert 0.21 < len(erased) / 2000 < 0.29
@@ -360,3 +366,22 @@ def test_cifar10_recipe_pipeline(cifar):
     assert isinstance(pipeline, tf.data.Dataset)
     images, labels = first_batch(pipeline)
     assert images.shape == (4, 32, 32, 3) and labels.shape == (4, 10)
+
+
+@pytest.mark.parametrize(
+    "backend, preset, expected",
+    [("jax", None, "true"), ("torch", None, "true"), ("tensorflow", None, None), ("jax", "0", "0")],
+)
+def test_tensorflows_pooling_allocator_is_chosen_where_it_only_feeds_pipelines(
+    backend, preset, expected
+):
+    """TensorFlow's BFC allocator by default on JAX and PyTorch, unless the variable is set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPU_")}
+    env["KERAS_BACKEND"] = backend
+    if preset is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = preset
+    script = "import os, keras_convmixer; print(os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'))"
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split()[-1] == str(expected)
