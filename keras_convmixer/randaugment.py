@@ -129,12 +129,13 @@ def brightness(image: Image, factor) -> Image:
 
 def sharpness(image: Image, factor) -> Image:
     """Blended with PIL's SMOOTH filter (3×3, centre 5, others 1, over 13; the border
-    pixels kept as they are)."""
-    kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-    inner = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "VALID")[0]
-    border = tf.pad(tf.zeros_like(inner), [[1, 1], [1, 1], [0, 0]], constant_values=1.0)
-    smooth = _select(border, image, tf.pad(whole_levels(inner), [[1, 1], [1, 1], [0, 0]]))
+    pixels kept as they are). The filter is summed from shifted slices: TensorFlow's CPU
+    depthwise convolution of 3 channels took 4.2 against 0.8 ms of a core at 224²."""
+    columns = image[:-2] + image[1:-1] + image[2:]
+    box = columns[:, :-2] + columns[:, 1:-1] + columns[:, 2:]
+    inner = whole_levels((box + 4.0 * image[1:-1, 1:-1]) * (1.0 / 13.0))
+    middle = tf.concat([image[1:-1, :1], inner, image[1:-1, -1:]], axis=1)
+    smooth = tf.concat([image[:1], middle, image[-1:]], axis=0)
     return _blend(smooth, image, factor)
 
 
