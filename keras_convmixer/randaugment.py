@@ -83,7 +83,8 @@ def auto_contrast(image: Image, _=None) -> Image:
 
 def equalize(image: Image, _=None) -> Image:
     """PIL's `ImageOps.equalize`: per channel, a lookup table from the cumulative histogram."""
-    values = tf.cast(image, tf.int32) + tf.range(3) * 256  # one histogram per channel
+    # One histogram per channel: channel c counts in bins 256 c .. 256 c + 255.
+    values = tf.cast(image + tile_channels([0.0, 256.0, 512.0], image), tf.int32)
     histogram = tf.reshape(tf.math.bincount(values, minlength=768, maxlength=768), (3, 256))
     used = histogram > 0
     last = 255 - tf.argmax(tf.reverse(tf.cast(used, tf.int32), [1]), axis=1, output_type=tf.int32)
