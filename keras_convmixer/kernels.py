@@ -117,13 +117,37 @@ def _xla_on_cpu() -> bool:
 
         return jax.default_backend() == "cpu"
     if backend == "tensorflow":
-        import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util
-
-        graph = tf.compat.v1.get_default_graph()
-        in_xla = control_flow_util.GraphOrParentsInXlaContext(graph)
-        return in_xla and not tf.config.list_logical_devices("GPU")
+        return _tf_in_xla() and not _tf_has_gpu()
     return False
+
+
+def _tf_in_xla() -> bool:
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _tf_has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def _nchw_unsupported(data_format: str) -> bool:
+    """Whether a channels-first convolution has to run as channels-last: on TensorFlow on a
+    CPU outside XLA. TensorFlow runs NCHW convolutions on a CPU only through oneDNN, which it
+    turns on only on some CPUs (on an AVX2 EPYC it is off, and Conv2D says it "only supports
+    the NHWC tensor format on the CPU")."""
+    if data_format != "channels_first" or keras.backend.backend() != "tensorflow":
+        return False
+    return not _tf_in_xla() and not _tf_has_gpu()
+
+
+def _channels_last(conv, x, *args, **kwargs):
+    """`conv(x, *args, data_format="channels_first")` computed in channels-last layout."""
+    out = conv(ops.transpose(x, (0, 2, 3, 1)), *args, data_format="channels_last", **kwargs)
+    return ops.transpose(out, (0, 3, 1, 2))
 
 
 def _pad_spatial(x, padding: tuple[int, int], data_format: str):
@@ -251,6 +275,8 @@ def depthwise_conv2d(x, kernel, bias, data_format: str = "channels_last", impl: 
         else:
             out = _shift_add(x, weights, data_format, same_padding(kernel.shape[0]))
         return out + _channel_bias(ops.cast(bias, "float32"), data_format)
+    if _nchw_unsupported(data_format):
+        return _channels_last(depthwise_conv2d, x, kernel, bias, impl="native")
     kernel = ops.cast(kernel, x.dtype)
     bias = ops.cast(bias, x.dtype)
     if data_format == "channels_last" and keras.backend.backend() == "torch":
@@ -300,6 +326,8 @@ def patch_conv2d(x, kernel, bias, patch_size: int, data_format: str = "channels_
     with channels-last tensors it runs on a channels-last view like the other convolutions:
     10 against 30 ms for Keras' `Conv2D`, which copies its input and output (ConvMixer-768/32
     at batch 8)."""
+    if _nchw_unsupported(data_format):
+        return _channels_last(patch_conv2d, x, kernel, bias, patch_size)
     kernel = ops.cast(kernel, x.dtype)
     bias = ops.cast(bias, x.dtype)
     if data_format == "channels_last" and keras.backend.backend() == "torch":
@@ -311,6 +339,8 @@ def patch_conv2d(x, kernel, bias, patch_size: int, data_format: str = "channels_
 def pointwise_conv2d(x, kernel, bias, activation, data_format: str = "channels_last"):
     """`activation(1×1 convolution + bias)`; `kernel` is `(1, 1, in, out)` as in
     `keras.layers.Conv2D`."""
+    if _nchw_unsupported(data_format):
+        return _channels_last(pointwise_conv2d, x, kernel, bias, activation)
     kernel = ops.cast(kernel, x.dtype)
     bias = ops.cast(bias, x.dtype)
     if data_format == "channels_first":
