@@ -1,7 +1,7 @@
 """Throughput of the ImageNet training input pipeline at 224² (RandomResizedCrop, flip,
 RandAugment 2/9, normalisation, RandomErasing, MixUp/CutMix), on this machine's CPU: once from
-decoded images held in memory, once decoding a JPEG per image as a pipeline over ImageNet's
-files does.
+decoded images held in memory, once from JPEG files held in memory, as a pipeline over
+ImageNet's files (`data.from_folder(..., decode=False)`) decodes them: only each random crop.
 
     KERAS_BACKEND=jax python benchmarks/pipeline.py --json benchmarks/results/pipeline_jax.json
 
@@ -26,7 +26,8 @@ from keras_convmixer.benchmark import write_json
 
 
 def photos(count: int, decoded: bool) -> tf.data.Dataset:
-    """(image, label) pairs: decoded once and cached, or the JPEG decoded each time."""
+    """(image, label) pairs: decoded once and cached, or the JPEG files for the pipeline to
+    decode."""
     import skimage.data
 
     sources = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut()]
@@ -38,16 +39,11 @@ def photos(count: int, decoded: bool) -> tf.data.Dataset:
     files = [encoded[i % len(encoded)] for i in range(count)]
     labels = np.arange(count) % 1000
     dataset = tf.data.Dataset.from_tensor_slices((files, labels))
-
-    def decode(dataset):
-        return dataset.map(
-            lambda f, y: (tf.io.decode_jpeg(f, channels=3), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-
     if decoded:
-        return decode(dataset).cache().repeat()
-    return decode(dataset.cache().repeat())
+        dataset = dataset.map(
+            lambda f, y: (tf.io.decode_jpeg(f, channels=3), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    return dataset.cache().repeat()
 
 
 def images_per_second(dataset, batches: int, batch_size: int) -> float:

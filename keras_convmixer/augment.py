@@ -41,15 +41,46 @@ from keras_convmixer.randaugment import rand_augment, whole_levels
 from keras_convmixer.training import Recipe
 
 
+def decode_rgb(contents) -> tf.Tensor:
+    """An encoded image (JPEG, PNG, BMP or GIF's first frame) as uint8 RGB `(height, width, 3)`."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    image.set_shape((None, None, 3))
+    return image
+
+
+def decode_rgb_window(contents, window_of) -> tf.Tensor:
+    """The window `(begin, size) = window_of(shape)` of an encoded image, as uint8 RGB. A JPEG's
+    shape is read from its header and only the window is decoded, with one pixel more on every
+    side: without it libjpeg upsamples the chroma at the window's edges with less context, and
+    the edge pixels differed from decoding the whole image (by up to 18 levels); with it the
+    window equals the whole image's, cut. Other formats are decoded whole, then cut."""
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(contents)
+        begin, size = window_of(tf.stack([shape[0], shape[1], 3]))
+        start = tf.maximum(begin[:2] - 1, 0)
+        stop = tf.minimum(begin[:2] + size[:2] + 1, shape[:2])
+        part = tf.io.decode_and_crop_jpeg(contents, tf.concat([start, stop - start], 0), 3)
+        return tf.slice(part, tf.concat([begin[:2] - start, [0]], 0), size)
+
+    def other():
+        image = decode_rgb(contents)
+        return tf.slice(image, *window_of(tf.shape(image)))
+
+    image = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    image.set_shape((None, None, 3))
+    return image
+
+
 def random_resized_crop(image, seed, size: int, scale, ratio):
     """A random crop of `scale` area and `ratio` aspect (log-uniform), resized to `size`² with
-    bilinear or bicubic interpolation drawn at random (timm's "random" interpolation)."""
+    bilinear or bicubic interpolation drawn at random (timm's "random" interpolation).
+    `image`: uint8, or an encoded image (a string), of which only the crop is decoded."""
     crop_seed, method_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    if tuple(scale) == (1.0, 1.0) and tuple(ratio) == (1.0, 1.0):
-        crop = image
-    else:
+
+    def window_of(shape):
         begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(image),
+            shape,
             bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
             seed=crop_seed,
             min_object_covered=0.0,
@@ -58,20 +89,36 @@ def random_resized_crop(image, seed, size: int, scale, ratio):
             max_attempts=10,
             use_image_if_no_bounding_boxes=True,
         )
-        crop = tf.slice(image, begin, crop_size)
+        return begin, crop_size
+
+    encoded = image.dtype == tf.string
+    if tuple(scale) == (1.0, 1.0) and tuple(ratio) == (1.0, 1.0):
+        crop = decode_rgb(image) if encoded else image
+    else:
+        crop = (
+            decode_rgb_window(image, window_of)
+            if encoded
+            else tf.slice(image, *window_of(tf.shape(image)))
+        )
     if crop.shape[0] == size and crop.shape[1] == size:
         return tf.cast(crop, tf.float32)
     bicubic = tf.random.stateless_uniform([], method_seed) < 0.5
-    return tf.cond(
-        bicubic,
-        lambda: tf.image.resize(crop, (size, size), method="bicubic", antialias=True),
-        lambda: tf.image.resize(crop, (size, size), method="bilinear", antialias=True),
-    )
+
+    def resized():
+        return tf.cond(
+            bicubic,
+            lambda: tf.image.resize(crop, (size, size), method="bicubic", antialias=True),
+            lambda: tf.image.resize(crop, (size, size), method="bilinear", antialias=True),
+        )
+
+    # A crop of the size already is kept (resizing it returns it unchanged, at a cost).
+    unchanged = tf.reduce_all(tf.shape(crop)[:2] == size)
+    return tf.cond(unchanged, lambda: tf.cast(crop, tf.float32), resized)
 
 
 def example_transform(recipe: Recipe):
-    """Per-example training transform: `(uint8 image, seed) -> uint8 image` (rounded after the
-    resize, as PIL's uint8 images are): crop, flip, RandAugment. uint8 is a quarter of the
+    """Per-example training transform: `(uint8 or encoded image, seed) -> uint8 image` (rounded
+    after the resize, as PIL's uint8 images are): crop, flip, RandAugment. uint8 is a quarter of the
     bytes to batch; `batch_transform` converts."""
 
     def transform(image, seed):

@@ -159,18 +159,23 @@ def cmd_benchmark(args) -> int:
 
 
 def load_data(args, split: str, shard: tuple[int, int] | None = None):
-    """(tf.data dataset of uint8 images and int labels, class names or a class count);
-    `shard`: this process's part only."""
+    """(tf.data dataset of encoded images and int labels, which the pipelines decode; class
+    names or a class count); `shard`: this process's part only."""
     from keras_convmixer import data
 
     if args.tfds:
         return data.from_tfds(
-            args.tfds, split, data_dir=args.tfds_data_dir, manual_dir=args.manual_dir, shard=shard
+            args.tfds,
+            split,
+            data_dir=args.tfds_data_dir,
+            manual_dir=args.manual_dir,
+            shard=shard,
+            decode=False,
         )
     if not args.data_dir:
         raise UserError("give the data with --tfds NAME or --data-dir DIR")
     classes = _read_classes(args)
-    return data.from_folder(args.data_dir, split, classes, shard=shard)
+    return data.from_folder(args.data_dir, split, classes, shard=shard, decode=False)
 
 
 def _read_classes(args) -> list[str] | None:

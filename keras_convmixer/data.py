@@ -3,7 +3,9 @@
 Sources give uint8 RGB images and integer labels: any TensorFlow Datasets name
 (`from_tfds`), an image folder in the ImageNet layout (`from_folder`), or arrays
 (`from_arrays`). Each can give one process's part only (`shard=(num_shards, index)`), read
-and decoded by that process alone. `train_pipeline` and `eval_pipeline` turn them into
+and decoded by that process alone. With `decode=False` the first two give the encoded files
+instead, which the pipelines decode: training then decodes only the part of a JPEG that its
+random crop keeps. `train_pipeline` and `eval_pipeline` turn them into
 batches of normalised float32 images and one-hot (training: smoothed and mixed) labels for
 `model.fit`, on any Keras backend.
 """
@@ -15,7 +17,13 @@ import os
 
 import tensorflow as tf
 
-from keras_convmixer.augment import batch_transform, example_transform, normalize, part_seed
+from keras_convmixer.augment import (
+    batch_transform,
+    decode_rgb,
+    example_transform,
+    normalize,
+    part_seed,
+)
 from keras_convmixer.training import Recipe, get_recipe
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -29,6 +37,7 @@ def from_tfds(
     manual_dir: str | None = None,
     shuffle_files: bool = False,
     shard: tuple[int, int] | None = None,
+    decode: bool = True,
 ) -> tuple[tf.data.Dataset, int]:
     """A TensorFlow Datasets split as (uint8 image, int label) and its number of classes.
 
@@ -40,6 +49,8 @@ def from_tfds(
         shuffle_files: bool. Shuffle the files when reading. Defaults to False.
         shard: `(num_shards, index)`: read only part `index` of the split cut in `num_shards`
             even parts (`tfds.even_splits`; sizes differ by one at most). Defaults to None.
+        decode: bool. False: the images as tfds stores them, encoded (PNG, JPEG) strings,
+            for `train_pipeline` and `eval_pipeline` to decode. Defaults to True.
     """
     import tensorflow_datasets as tfds
 
@@ -48,6 +59,9 @@ def from_tfds(
         split = tfds.even_splits(split, n=count)[index]
 
     kwargs = {}
+    if not decode:
+        image_key = tfds.builder(name, data_dir=data_dir).info.supervised_keys[0]
+        kwargs["decoders"] = {image_key: tfds.decode.SkipDecoding()}
     if manual_dir:
         kwargs["download_and_prepare_kwargs"] = {
             "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)
@@ -79,6 +93,7 @@ def from_folder(
     split: str,
     classes: list[str] | None = None,
     shard: tuple[int, int] | None = None,
+    decode: bool = True,
 ) -> tuple[tf.data.Dataset, list[str]]:
     """Images in `root/split/<class>/*` (the ImageNet layout) as (uint8 image, int label).
 
@@ -88,6 +103,9 @@ def from_folder(
         classes: class names in label order. Defaults to the sorted folder names of `split`.
         shard: `(num_shards, index)`: only every `num_shards`-th image from the `index`-th on
             (in class order, so every part holds every class). Defaults to None.
+        decode: bool. False: the files' contents (strings), for `train_pipeline` and
+            `eval_pipeline` to decode; training then decodes only the crop of a JPEG.
+            Defaults to True.
 
     Returns:
         The dataset and the class names.
@@ -108,8 +126,8 @@ def from_folder(
     paths, labels = _keep_part(shard, paths, labels)
 
     def load(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return image, label
+        contents = tf.io.read_file(path)
+        return (decode_rgb(contents) if decode else contents), label
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
     return dataset.map(load, num_parallel_calls=AUTOTUNE), classes
@@ -158,7 +176,8 @@ def train_pipeline(
     """Shuffled, augmented, batched training data: (normalised float32 images, soft labels).
 
     Args:
-        dataset: (uint8 image, int label) pairs.
+        dataset: (uint8 image, int label) pairs, or (encoded image, int label): of a JPEG
+            only the random crop is decoded, the same pixels as decoding it whole.
         num_classes: int. Length of the label vectors.
         recipe: `"imagenet"`, `"cifar10"` or a `Recipe`; `**overrides` replace its fields.
         batch_size: int. Defaults to the recipe's (per replica × replicas is the caller's
@@ -166,7 +185,8 @@ def train_pipeline(
         seed: int. Same seed, same stream (shuffle, crops, RandAugment, erasing, mixing);
             epochs still differ. Defaults to None (not reproducible).
         shuffle_buffer: int. Shuffle buffer size. Defaults to 10,000.
-        cache: bool. Cache the decoded images in memory. Defaults to False.
+        cache: bool. Cache the source's images (decoded or encoded, as it gives them) in
+            memory. Defaults to False.
         batches: int. Only the first `batches` batches of each epoch, the number that every
             process can feed when each feeds its own part (`distribute.Setup`). Defaults to
             None (all).
@@ -216,6 +236,7 @@ def eval_pipeline(
 ) -> tf.data.Dataset:
     """Evaluation batches: the shorter side resized to `image_size / crop_pct` (bicubic), a
     centred `image_size` crop, normalisation, one-hot labels; the last batch may be short.
+    `dataset`: (uint8 or encoded image, int label) pairs.
 
     `pad_to`: when above 1, a short last batch is filled up to a multiple of it with zeros
     (images of the mean colour, empty labels) of sample weight 0, and the batches are
@@ -240,6 +261,8 @@ def eval_pipeline(
     resize_to = int(size / recipe.crop_pct)
 
     def transform(image, label):
+        if image.dtype == tf.string:
+            image = decode_rgb(image)
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
         scale = resize_to / tf.reduce_min(shape)
         new_shape = tf.cast(tf.math.floor(shape * scale + 1e-4), tf.int32)

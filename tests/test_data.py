@@ -1,5 +1,7 @@
 """Input pipelines on tfds mock data and on an image folder the test writes."""
 
+import functools
+import io
 import os
 import subprocess
 import sys
@@ -358,6 +360,93 @@ def test_image_folder_and_eval_pipeline(tmp_path):
     np.testing.assert_allclose(images[0, ..., 0], expected_cat, atol=1e-3)
     with pytest.raises(ValueError, match="Image folder not found"):
         data.from_folder(str(tmp_path), "test")
+
+
+def encoded_photos() -> dict[str, bytes]:
+    """scikit-image's photos (CC0) as files of every kind a pipeline may meet: JPEGs with
+    each chroma subsampling, progressive, greyscale and CMYK, and a PNG."""
+    import skimage.data
+
+    cat = Image.fromarray(skimage.data.chelsea()).resize((123, 97))
+    coffee = Image.fromarray(skimage.data.coffee()).resize((90, 131))
+    kinds = {
+        "420.jpg": (cat, {"quality": 90}),
+        "422.jpg": (coffee, {"quality": 95, "subsampling": 1}),
+        "444.jpg": (cat, {"quality": 75, "subsampling": 0}),
+        "progressive.jpg": (coffee, {"quality": 85, "progressive": True}),
+        "grey.jpg": (cat.convert("L"), {}),
+        "cmyk.jpg": (coffee.convert("CMYK"), {}),
+        "photo.png": (cat, {}),
+    }
+    files = {}
+    for name, (image, options) in kinds.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG" if name.endswith(".png") else "JPEG", **options)
+        files[name] = buffer.getvalue()
+    return files
+
+
+def test_a_jpegs_window_decodes_to_the_whole_images_pixels():
+    """Only the window of a JPEG is decoded, equal to decoding it whole and cutting, at the
+    edges too (decoded alone, without the pixel of margin, edge pixels differ by up to 18)."""
+
+    @tf.function(reduce_retracing=True)
+    def both(contents, begin, size):
+        window = augment.decode_rgb_window(contents, lambda shape: (begin, size))
+        whole = tf.slice(augment.decode_rgb(contents), begin, size)
+        return window, whole
+
+    rng = np.random.default_rng(0)
+    for name, contents in encoded_photos().items():
+        height, width = augment.decode_rgb(contents).shape[:2]
+        windows = [((0, 0), (height, width)), ((height - 1, width - 1), (1, 1))]
+        for _ in range(40):
+            top, left = rng.integers(0, height - 1), rng.integers(0, width - 1)
+            windows.append(
+                (
+                    (top, left),
+                    (rng.integers(1, height - top + 1), rng.integers(1, width - left + 1)),
+                )
+            )
+        for (top, left), (rows, cols) in windows:
+            window, whole = both(
+                contents, tf.constant([top, left, 0]), tf.constant([rows, cols, -1])
+            )
+            assert window.shape == (rows, cols, 3), name
+            np.testing.assert_array_equal(window, whole, err_msg=f"{name} {top, left, rows, cols}")
+
+
+def test_pipelines_fed_encoded_files_give_the_decoded_images_batches(tmp_path):
+    for i, (name, contents) in enumerate(encoded_photos().items()):
+        folder = tmp_path / "train" / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(contents)
+    decoded, classes = data.from_folder(str(tmp_path), "train")
+    encoded, _ = data.from_folder(str(tmp_path), "train", decode=False)
+    assert encoded.element_spec[0].dtype == tf.string
+
+    def batches(source, pipeline, **options):
+        return [b.numpy() for batch in pipeline(source, 2, batch_size=7, **options) for b in batch]
+
+    train = functools.partial(data.train_pipeline, image_size=48, seed=3)
+    evaluate = functools.partial(data.eval_pipeline, image_size=40)
+    for pipeline, shape in ((train, (7, 48, 48, 3)), (evaluate, (7, 40, 40, 3))):
+        expected, stream = batches(decoded, pipeline), batches(encoded, pipeline)
+        assert len(stream) == 2 and stream[0].shape == shape
+        for a, b in zip(expected, stream, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_tfds_sources_can_leave_the_images_encoded(tmp_path):
+    TinyPhotos(data_dir=str(tmp_path)).download_and_prepare()
+    decoded, _ = data.from_tfds("tiny_photos", "train", data_dir=str(tmp_path))
+    encoded, _ = data.from_tfds("tiny_photos", "train", data_dir=str(tmp_path), decode=False)
+    assert encoded.element_spec[0].dtype == tf.string
+    assert next(iter(encoded))[0].numpy().startswith(b"\x89PNG")
+    recipe = training.get_recipe("imagenet", image_size=4, crop_pct=1.0)
+    a, b = (list(data.eval_pipeline(s, 3, recipe, batch_size=11)) for s in (decoded, encoded))
+    np.testing.assert_array_equal(a[0][0], b[0][0])
+    np.testing.assert_array_equal(a[0][1], b[0][1])
 
 
 def test_cifar10_recipe_pipeline(cifar):
