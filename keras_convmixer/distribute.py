@@ -18,7 +18,7 @@ process then reads, decodes and augments every global batch. With
 
 ```python
 setup = keras_convmixer.distribute.setup(per_process_data=True)
-source, classes = data.from_tfds("imagenet2012", "train", shard=setup.shard)
+source, classes = data.from_tfds("imagenet2012", "train", shard=setup.shard, decode=False)
 steps = setup.across_processes(int(source.cardinality()) // setup.process_batch(batch), min)
 train = data.train_pipeline(source, classes, batch_size=setup.process_batch(batch),
                             seed=setup.process_seed(seed), batches=steps)
