@@ -38,8 +38,10 @@ def whole_levels(image: Image) -> Image:
 
 
 # TensorFlow's CPU kernels are slow at `tf.where` and at broadcasting along a trailing axis of
-# 3 (each about 0.8 ms of a core on a 224² image against 0.1 for an elementwise op), so the
-# ops below select with 0/1 masks in arithmetic and tile per-channel values first.
+# 3 (each about 0.8 ms of a core on a 224² image against 0.1 for an elementwise op), and at
+# tiling values computed at run time, so the ops below select with 0/1 masks in arithmetic,
+# tile per-channel constants (folded before the pipeline runs) and work on the channels as
+# rows where per-channel values are computed.
 
 
 def _select(mask, chosen: Image, other: Image) -> Image:
