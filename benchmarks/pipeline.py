@@ -46,16 +46,21 @@ def photos(count: int, decoded: bool) -> tf.data.Dataset:
     return dataset.cache().repeat()
 
 
-def images_per_second(dataset, batches: int, batch_size: int) -> float:
+def images_per_second(dataset, batches: int, batch_size: int, repeats: int) -> dict:
+    """Images/s in `repeats` runs of `batches` batches each after one warm-up batch (tracing,
+    the first fill of the buffers): the median and every run."""
     iterator = iter(dataset)
-    next(iterator)  # warm-up: tracing and the first fill of the buffers
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return batches * batch_size / (time.perf_counter() - start)
+    next(iterator)
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(iterator)
+        runs.append(batches * batch_size / (time.perf_counter() - start))
+    return {"median": float(np.median(runs)), "runs": runs}
 
 
-def randaugment_comparison(batch_size: int, repeats: int) -> dict:
+def randaugment_comparison(batch_size: int, batches: int, repeats: int) -> dict:
     """RandAugment alone at 224², three ways: this package's (timm's policy, per image),
     keras-cv's on batches (the package's before; a different policy) and Keras 3's per image."""
     import keras_cv
@@ -85,14 +90,16 @@ def randaugment_comparison(batch_size: int, repeats: int) -> dict:
         ).batch(batch_size),
     }
     return {
-        name: images_per_second(ds.prefetch(2), repeats, batch_size) for name, ds in cases.items()
+        name: images_per_second(ds.prefetch(2), batches, batch_size, repeats)
+        for name, ds in cases.items()
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=20, help="batches a run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each pipeline")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     recipe = training.get_recipe("imagenet")
@@ -100,7 +107,7 @@ def main() -> None:
     for decoded in (True, False):
         source = photos(args.batch_size * (args.batches + 2), decoded)
         pipeline = data.train_pipeline(source, 1000, recipe, batch_size=args.batch_size)
-        rates[decoded] = images_per_second(pipeline, args.batches, args.batch_size)
+        rates[decoded] = images_per_second(pipeline, args.batches, args.batch_size, args.repeats)
     cores = os.cpu_count()
     report = {
         "backend": keras.backend.backend(),
@@ -108,11 +115,13 @@ def main() -> None:
         "batch_size": args.batch_size,
         # keras_convmixer sets it to "true" on JAX and PyTorch (see its __init__)
         "tf_cpu_allocator_use_bfc": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
-        "images_per_s": rates[True],
-        "images_per_s_per_core": rates[True] / cores,
-        "with_jpeg_decode_images_per_s": rates[False],
-        "with_jpeg_decode_images_per_s_per_core": rates[False] / cores,
-        "randaugment_only_images_per_s": randaugment_comparison(64, 6),
+        "images_per_s": rates[True]["median"],
+        "images_per_s_per_core": rates[True]["median"] / cores,
+        "images_per_s_runs": rates[True]["runs"],
+        "with_jpeg_decode_images_per_s": rates[False]["median"],
+        "with_jpeg_decode_images_per_s_per_core": rates[False]["median"] / cores,
+        "with_jpeg_decode_images_per_s_runs": rates[False]["runs"],
+        "randaugment_only_images_per_s": randaugment_comparison(64, 6, args.repeats),
     }
     print(json.dumps(report, indent=2))
     write_json(report, args.json)
