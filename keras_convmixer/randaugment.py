@@ -364,8 +364,9 @@ def rand_augment(
 
         return run
 
-    for i in range(num_ops):
-        branches = [branch(op, image, levels[i], signs[i]) for op in ops]
-        branches.append(branch(Op(identity), image, levels[i], signs[i]))  # not applied
-        image = tf.switch_case(tf.where(applied[i], which[i], len(ops)), branches)
+    draws = (tf.unstack(d, num=num_ops) for d in (which, applied, levels, signs))
+    for op_index, is_applied, level, sign in zip(*draws, strict=True):
+        branches = [branch(op, image, level, sign) for op in ops]
+        branches.append(branch(Op(identity), image, level, sign))  # not applied
+        image = tf.switch_case(tf.where(is_applied, op_index, len(ops)), branches)
     return image
