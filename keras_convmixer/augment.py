@@ -113,7 +113,9 @@ def random_resized_crop(image, seed, size: int, scale, ratio):
 
     # A crop of the size already is kept (resizing it returns it unchanged, at a cost).
     unchanged = tf.reduce_all(tf.shape(crop)[:2] == size)
-    return tf.cond(unchanged, lambda: tf.cast(crop, tf.float32), resized)
+    image = tf.cond(unchanged, lambda: tf.cast(crop, tf.float32), resized)
+    # Said statically (the cond's branches differ), so that RandAugment's constants fold.
+    return tf.ensure_shape(image, (size, size, 3))
 
 
 def example_transform(recipe: Recipe):
