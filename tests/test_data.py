@@ -362,6 +362,25 @@ def test_image_folder_and_eval_pipeline(tmp_path):
         data.from_folder(str(tmp_path), "test")
 
 
+def test_eval_pipeline_gives_the_same_batches_from_uint8_and_float_images():
+    """The resize takes uint8 images without a cast to float32 first: the same values."""
+    import skimage.data
+
+    photos = [skimage.data.chelsea()[:97, :123], skimage.data.coffee()[:131, :90]]
+    photos.append(photos[0][:41, :55])  # its shorter side is int(40 / 0.96) already: kept
+    uint8 = tf.data.Dataset.from_generator(
+        lambda: ((p, 0) for p in photos),
+        output_signature=(tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((), tf.int64)),
+    )
+    as_float = uint8.map(lambda image, label: (tf.cast(image, tf.float32), label))
+    batches = [
+        first_batch(data.eval_pipeline(d, 2, "imagenet", batch_size=3, image_size=40))[0]
+        for d in (uint8, as_float)
+    ]
+    np.testing.assert_array_equal(batches[0], batches[1])
+    assert np.ptp(batches[0]) > 1  # photos, not flat
+
+
 def encoded_photos() -> dict[str, bytes]:
     """scikit-image's photos (CC0) as files of every kind a pipeline may meet: JPEGs with
     each chroma subsampling, progressive, greyscale and CMYK, and a PNG."""
