@@ -147,6 +147,33 @@ def _keep_part(shard: tuple[int, int] | None, *sequences) -> tuple:
     return tuple(sequence[index::count] for sequence in sequences)
 
 
+def _rgb_pairs(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` checked to give (image, integer label) pairs, grey images made RGB (as decoding
+    an encoded grey image does, and as timm's loader converts them). Images: `(height, width,
+    3)` RGB or `(height, width, 1)` grey, integer or float; or encoded files (strings)."""
+    spec = dataset.element_spec
+    image, label = spec if isinstance(spec, tuple) and len(spec) == 2 else (None, None)
+    is_tensor = isinstance(image, tf.TensorSpec) and isinstance(label, tf.TensorSpec)
+    encoded = is_tensor and image.dtype == tf.string and image.shape.rank == 0
+    pixels = (
+        is_tensor
+        and (image.dtype.is_integer or image.dtype.is_floating)
+        and image.shape.rank == 3
+        and image.shape[-1] in (1, 3, None)
+    )
+    if not ((encoded or pixels) and label.dtype.is_integer and label.shape.rank == 0):
+        raise ValueError(
+            "dataset must give (image, label) pairs: images of shape (height, width, 3) (RGB) or "
+            "(height, width, 1) (grey), or encoded image files (strings); labels as integer "
+            f"class indices (scalars). Received: dataset.element_spec={spec}"
+        )
+    if pixels and image.shape[-1] == 1:
+        return dataset.map(
+            lambda x, y: (tf.image.grayscale_to_rgb(x), y), num_parallel_calls=AUTOTUNE
+        )
+    return dataset
+
+
 def _check_shard(shard) -> tuple[int, int]:
     valid = (
         isinstance(shard, (tuple, list))
@@ -177,7 +204,8 @@ def train_pipeline(
 
     Args:
         dataset: (uint8 image, int label) pairs, or (encoded image, int label): of a JPEG
-            only the random crop is decoded, the same pixels as decoding it whole.
+            only the random crop is decoded, the same pixels as decoding it whole. Grey
+            images `(height, width, 1)` are made RGB.
         num_classes: int. Length of the label vectors.
         recipe: `"imagenet"`, `"cifar10"` or a `Recipe`; `**overrides` replace its fields.
         batch_size: int. Defaults to the recipe's (per replica × replicas is the caller's
@@ -197,6 +225,7 @@ def train_pipeline(
     batch_size = batch_size or recipe.batch_size
     if cache:
         dataset = dataset.cache()
+    dataset = _rgb_pairs(dataset)
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     # Stateless seeds, one pair per example and one per batch, drawn anew every epoch.
     example_seeds, batch_seeds = (
@@ -236,7 +265,7 @@ def eval_pipeline(
 ) -> tf.data.Dataset:
     """Evaluation batches: the shorter side resized to `image_size / crop_pct` (bicubic), a
     centred `image_size` crop, normalisation, one-hot labels; the last batch may be short.
-    `dataset`: (uint8 or encoded image, int label) pairs.
+    `dataset`: (uint8 or encoded image, int label) pairs; grey images are made RGB.
 
     `pad_to`: when above 1, a short last batch is filled up to a multiple of it with zeros
     (images of the mean colour, empty labels) of sample weight 0, and the batches are
@@ -281,7 +310,7 @@ def eval_pipeline(
 
     if cache:
         dataset = dataset.cache()
-    dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    dataset = _rgb_pairs(dataset).map(transform, num_parallel_calls=AUTOTUNE).batch(batch_size)
     if pad_to > 1:
         dataset = dataset.map(lambda images, labels: _pad_batch(images, labels, pad_to, batch_size))
     if batches is not None:

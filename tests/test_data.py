@@ -381,6 +381,32 @@ def test_eval_pipeline_gives_the_same_batches_from_uint8_and_float_images():
     assert np.ptp(batches[0]) > 1  # photos, not flat
 
 
+def test_grey_sources_are_made_rgb_and_other_sources_refused():
+    """A grey source gives the batches of its images copied into the three channels (timm's
+    loader converts grey images to RGB too); a source of any other kind is refused, naming
+    what is allowed."""
+    grey = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+    labels = np.arange(8) % 3
+    sources = [data.from_arrays(images, labels) for images in (grey, np.repeat(grey, 3, axis=-1))]
+    recipe = training.get_recipe("cifar10", image_size=32)
+    trained = [
+        first_batch(data.train_pipeline(s, 3, recipe, batch_size=8, seed=5)) for s in sources
+    ]
+    evaluated = [first_batch(data.eval_pipeline(s, 3, recipe, batch_size=8)) for s in sources]
+    for grey_batch, rgb_batch in (trained, evaluated):
+        assert grey_batch[0].shape == (8, 32, 32, 3)
+        np.testing.assert_array_equal(grey_batch[0], rgb_batch[0])
+        np.testing.assert_array_equal(grey_batch[1], rgb_batch[1])
+
+    four_channels = data.from_arrays(np.zeros((2, 8, 8, 4), np.uint8), [0, 1])
+    one_hot = data.from_arrays(np.zeros((2, 8, 8, 3), np.uint8), np.eye(2))
+    images_only = tf.data.Dataset.from_tensor_slices(np.zeros((2, 8, 8, 3), np.uint8))
+    for source in (four_channels, one_hot, images_only):
+        for pipeline in (data.train_pipeline, data.eval_pipeline):
+            with pytest.raises(ValueError, match=r"dataset must give \(image, label\) pairs"):
+                pipeline(source, 2, recipe, batch_size=2)
+
+
 def encoded_photos() -> dict[str, bytes]:
     """scikit-image's photos (CC0) as files of every kind a pipeline may meet: JPEGs with
     each chroma subsampling, progressive, greyscale and CMYK, and a PNG."""
