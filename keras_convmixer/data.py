@@ -24,6 +24,7 @@ from keras_convmixer.augment import (
     normalize,
     part_seed,
 )
+from keras_convmixer.layers import check_positive_int
 from keras_convmixer.training import Recipe, get_recipe
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -219,10 +220,24 @@ def train_pipeline(
             process can feed when each feeds its own part (`distribute.Setup`). Defaults to
             None (all).
     """
+    check_positive_int("num_classes", num_classes)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    check_positive_int("shuffle_buffer", shuffle_buffer)
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
+    ):
+        raise ValueError(f"seed must be None or an integer ≥ 0. Received: seed={seed!r}")
     if batches is not None and batches < 1:
         raise ValueError(f"batches must be ≥ 1. Received: batches={batches}")
     recipe = get_recipe(recipe, **overrides)
     batch_size = batch_size or recipe.batch_size
+    examples = int(dataset.cardinality())  # negative: infinite or unknown
+    if 0 <= examples < batch_size:
+        raise ValueError(
+            f"batch_size ({batch_size}) is more than the {examples} examples of dataset: "
+            "training keeps whole batches only, so there would be none."
+        )
     if cache:
         dataset = dataset.cache()
     dataset = _rgb_pairs(dataset)
@@ -278,6 +293,8 @@ def eval_pipeline(
     feeds its own part of the data, every process must run as many evaluation steps
     (`distribute.Setup.eval_batches` gives the count). Needs `pad_to=batch_size`.
     """
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("batch_size", batch_size)
     if pad_to < 1:
         raise ValueError(f"pad_to must be ≥ 1. Received: pad_to={pad_to}")
     if batches is not None and pad_to != batch_size:

@@ -228,6 +228,37 @@ def test_recipe_values_are_checked():
         training.get_recipe("imagenet", erasing_prob=-0.1)
 
 
+def eight_images():
+    return data.from_arrays(np.zeros((8, 16, 16, 3), np.uint8), np.arange(8) % 2)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"num_classes": 0}, r"num_classes must be a positive integer. Received: num_classes=0"),
+        ({"num_classes": 2.5}, "num_classes must be a positive integer"),
+        ({"batch_size": 0}, r"batch_size must be a positive integer. Received: batch_size=0"),
+        ({"shuffle_buffer": 0}, "shuffle_buffer must be a positive integer"),
+        ({"seed": -1}, r"seed must be None or an integer ≥ 0. Received: seed=-1"),
+        ({"batch_size": 9}, r"batch_size \(9\) is more than the 8 examples of dataset"),
+    ],
+)
+def test_train_pipeline_arguments_are_checked(arguments, message):
+    arguments = {"num_classes": 2, "batch_size": 4, **arguments}
+    with pytest.raises(ValueError, match=message):
+        data.train_pipeline(eight_images(), recipe="cifar10", **arguments)
+
+
+def test_eval_pipeline_arguments_are_checked():
+    for arguments in ({"num_classes": 0}, {"batch_size": 0}):
+        name = next(iter(arguments))
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+            data.eval_pipeline(eight_images(), **{"num_classes": 2, **arguments})
+    # Evaluation keeps a short batch, and an endless source trains with any batch size.
+    assert len(list(data.eval_pipeline(eight_images(), 2, "cifar10", batch_size=9))) == 1
+    next(iter(data.train_pipeline(eight_images().repeat(), 2, "cifar10", batch_size=9)))
+
+
 def small_eval_pipeline(source, **options):
     """Two classes of 8×8 images, no resizing: only the batching and padding act."""
     return data.eval_pipeline(source, 2, "cifar10", image_size=8, crop_pct=1.0, **options)
