@@ -267,7 +267,7 @@ def cmd_train(args) -> int:
         epochs=recipe.epochs,
         steps_per_epoch=args.steps_per_epoch,
         validation_data=val,
-        callbacks=training.make_callbacks(output),
+        callbacks=training.make_callbacks(output, best_of="val_accuracy"),
         verbose=2,
     )
     results = model.evaluate(val, return_dict=True, verbose=0)

@@ -13,7 +13,9 @@ Two recipes, as data:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import math
 import os
 
 import keras
@@ -307,19 +309,52 @@ def set_mixed_precision(enabled: bool = True) -> None:
     keras.config.set_dtype_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
 
 
-def make_callbacks(output_dir: str, tensorboard: bool = False) -> list[keras.callbacks.Callback]:
-    """Best-weights checkpoint, resumable backup, CSV log (and TensorBoard) under `output_dir`."""
+def make_callbacks(
+    output_dir: str, tensorboard: bool = False, best_of: str | None = None
+) -> list[keras.callbacks.Callback]:
+    """Callbacks that write under `output_dir`: the last epoch's weights
+    (`checkpoint.weights.h5`), a backup that a rerun resumes from, a CSV log (`log.csv`), and
+    TensorBoard logs if `tensorboard`. With `best_of`, a metric of the logs such as
+    `"val_accuracy"`, also the weights of the epoch where it was best (`best.weights.h5`): the
+    lowest for a name ending in "loss", else the highest. A resumed run compares against the
+    best value in the log so far, so the file keeps the best epoch of the whole run."""
     os.makedirs(output_dir, exist_ok=True)
+    log = os.path.join(output_dir, "log.csv")
     callbacks = [
         keras.callbacks.ModelCheckpoint(
             os.path.join(output_dir, "checkpoint.weights.h5"), save_weights_only=True
         ),
         keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-        keras.callbacks.CSVLogger(os.path.join(output_dir, "log.csv"), append=True),
+        keras.callbacks.CSVLogger(log, append=True),
     ]
+    if best_of:
+        mode = "min" if best_of.endswith("loss") else "max"
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(output_dir, "best.weights.h5"),
+                monitor=best_of,
+                mode=mode,
+                save_best_only=True,
+                save_weights_only=True,
+                initial_value_threshold=_logged_best(log, best_of, mode),
+            )
+        )
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard")))
     return callbacks
+
+
+def _logged_best(log: str, metric: str, mode: str) -> float | None:
+    """The lowest (`mode="min"`) or highest value of `metric` in a CSVLogger file; None if
+    there is none."""
+    if not os.path.exists(log):
+        return None
+    with open(log, newline="") as file:
+        values = [float(row[metric]) for row in csv.DictReader(file) if row.get(metric)]
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return None
+    return min(values) if mode == "min" else max(values)
 
 
 def freeze(model: keras.Model, blocks: int | None = None) -> keras.Model:

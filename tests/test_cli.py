@@ -198,7 +198,9 @@ def test_train_on_an_image_folder_then_evaluate(tmp_path):
     accuracy = float(result.stdout.strip().splitlines()[-1].split(": ")[1])
     print(f"CLI train on digits folder: held-out accuracy {accuracy:.4f}", file=sys.stderr)
     assert accuracy >= 0.90
-    assert {"model.keras", "model.weights.h5", "log.csv", "classes.json"} <= set(os.listdir(out))
+    written = {"model.keras", "model.weights.h5", "log.csv", "classes.json"}
+    written |= {"checkpoint.weights.h5", "best.weights.h5"}
+    assert written <= set(os.listdir(out))
     evaluated = cli(
         "evaluate",
         "--weights",

@@ -158,6 +158,43 @@ def test_backup_and_restore_resumes_to_the_same_weights(tmp_path):
     assert (tmp_path / "straight" / "checkpoint.weights.h5").exists()
 
 
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_the_best_epochs_weights_are_kept_beside_the_last(tmp_path, interrupted):
+    """Also across a resumed run: the resumed part compares against the best logged before."""
+    x = np.random.default_rng(0).normal(size=(24, 8, 8, 3)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(24) % 3, 3)
+    # Held out: the same images with other labels, whose loss rises as the model learns.
+    held_out = (x, np.roll(y, 1, axis=1))
+    weights, losses = {}, {}
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            weights[epoch], losses[epoch] = self.model.get_weights(), logs["val_loss"]
+            if interrupted and epoch == 0 and len(weights) == 1:
+                raise KeyboardInterrupt
+
+    def fit():
+        keras.utils.set_random_seed(1)
+        model = keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3)
+        training.compile_for_recipe(model, "cifar10", steps_per_epoch=3, epochs=5, batch_size=8)
+        callbacks = training.make_callbacks(str(tmp_path), best_of="val_loss") + [Record()]
+        model.fit(
+            x, y, batch_size=8, epochs=5, validation_data=held_out, verbose=0, callbacks=callbacks
+        )
+        return model
+
+    if interrupted:
+        with pytest.raises(KeyboardInterrupt):
+            fit()
+    model = fit()
+    best = min(losses, key=losses.get)
+    assert best < 4  # else the two files hold the same epoch and the test tells nothing
+    for name, epoch in (("best", best), ("checkpoint", 4)):
+        model.load_weights(tmp_path / f"{name}.weights.h5")
+        for saved, kept in zip(model.get_weights(), weights[epoch], strict=True):
+            np.testing.assert_array_equal(saved, kept, err_msg=name)
+
+
 def test_a_seeded_fit_through_the_pipeline_repeats_exactly():
     """Seed 0 included: a derived seed of 0 would read as no seed and draw differently in
     every run."""
