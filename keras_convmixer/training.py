@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import numbers
 import os
 
 import keras
@@ -136,27 +137,56 @@ def get_recipe(recipe: str | Recipe, **overrides) -> Recipe:
             f"randaugment_policy must be one of {sorted(POLICIES)}. "
             f"Received: randaugment_policy={recipe.randaugment_policy!r}"
         )
+    for name in ("image_size", "batch_size", "epochs", "accumulation_steps"):
+        value = getattr(recipe, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be an integer ≥ 1. Received: {name}={value!r}")
+    for name, high in (("lr", math.inf), ("adam_epsilon", math.inf), ("crop_pct", 1.0)):
+        value = getattr(recipe, name)
+        if not 0 < value <= high:
+            allowed = "> 0" if high == math.inf else f"in (0, {high}]"
+            raise ValueError(f"{name} must be {allowed}. Received: {name}={value!r}")
+    if recipe.clipnorm is not None and not recipe.clipnorm > 0:
+        raise ValueError(f"clipnorm must be None or > 0. Received: clipnorm={recipe.clipnorm!r}")
+    for name, high in (("scale", 1.0), ("ratio", math.inf)):
+        value = getattr(recipe, name)
+        if not (_are_numbers(value, 2) and 0 < value[0] <= value[1] <= high):
+            bounds = "0 < low ≤ high" + ("" if high == math.inf else f" ≤ {high}")
+            raise ValueError(
+                f"{name} must be (low, high) with {bounds}. Received: {name}={value!r}"
+            )
+    for name, value in (("mean", recipe.mean), ("std", recipe.std)):
+        if not (_are_numbers(value, 3) and (name == "mean" or min(value) > 0)):
+            raise ValueError(
+                f"{name} must be 3 numbers (R, G, B){', each > 0' if name == 'std' else ''}. "
+                f"Received: {name}={value!r}"
+            )
     limits = {
+        "weight_decay": (0.0, math.inf),
         "erasing_prob": (0.0, 1.0),
         "mix_switch_prob": (0.0, 1.0),
         "label_smoothing": (0.0, 1.0),
-        "cutmix_alpha": (0.0, float("inf")),
-        "mixup_alpha": (0.0, float("inf")),
-        "randaugment_ops": (0, float("inf")),
+        "cutmix_alpha": (0.0, math.inf),
+        "mixup_alpha": (0.0, math.inf),
+        "randaugment_ops": (0, math.inf),
         "randaugment_magnitude": (0.0, POLICIES[recipe.randaugment_policy].max_magnitude),
-        "randaugment_std": (0.0, float("inf")),
+        "randaugment_std": (0.0, math.inf),
         "randaugment_rate": (0.0, 1.0),
     }
     for name, (low, high) in limits.items():
         value = getattr(recipe, name)
         if not low <= value <= high:
             raise ValueError(f"{name} must be in [{low}, {high}]. Received: {name}={value}")
-    steps = recipe.accumulation_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(
-            f"accumulation_steps must be an integer ≥ 1. Received: accumulation_steps={steps!r}"
-        )
     return recipe
+
+
+def _are_numbers(value, count: int) -> bool:
+    """Whether `value` is a tuple or list of `count` real numbers."""
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) == count
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+    )
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -221,11 +221,28 @@ def test_mixing_follows_timms_batch_mode():
     assert 0.10 < (weights * (1 - weights)).mean() < 0.15
 
 
-def test_recipe_values_are_checked():
-    with pytest.raises(ValueError, match="cutmix_alpha must be in"):
-        training.get_recipe("imagenet", cutmix_alpha=-1.0)
-    with pytest.raises(ValueError, match="erasing_prob must be in"):
-        training.get_recipe("imagenet", erasing_prob=-0.1)
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("cutmix_alpha", -1.0, r"cutmix_alpha must be in \[0.0, inf\]"),
+        ("erasing_prob", -0.1, r"erasing_prob must be in \[0.0, 1.0\]"),
+        ("epochs", 0, "epochs must be an integer ≥ 1. Received: epochs=0"),
+        ("image_size", 32.0, "image_size must be an integer ≥ 1"),
+        ("batch_size", True, "batch_size must be an integer ≥ 1"),
+        ("lr", -0.01, "lr must be > 0. Received: lr=-0.01"),
+        ("crop_pct", 1.5, r"crop_pct must be in \(0, 1.0\]"),
+        ("clipnorm", 0.0, "clipnorm must be None or > 0"),
+        ("weight_decay", -1e-5, "weight_decay must be in"),
+        ("scale", (0.5, 0.2), r"scale must be \(low, high\) with 0 < low ≤ high ≤ 1.0"),
+        ("ratio", (1.0,), r"ratio must be \(low, high\) with 0 < low ≤ high\. Received"),
+        ("mean", (0.5, 0.5), r"mean must be 3 numbers \(R, G, B\)\. Received"),
+        ("std", (0.2, 0.0, 0.2), r"std must be 3 numbers \(R, G, B\), each > 0"),
+    ],
+)
+def test_recipe_values_are_checked(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        training.get_recipe("imagenet", **{field: value})
+    training.get_recipe("imagenet", image_size=np.int64(32), scale=[0.5, 1.0])  # also allowed
 
 
 def eight_images():
