@@ -14,6 +14,7 @@ converted checkpoints give the same outputs:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -34,10 +35,11 @@ PACKAGE = "keras_convmixer"
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    """Returns `value` if it is a positive integer, else raises a ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """`value` as a Python int if it is a positive integer (NumPy's included), else a ValueError
+    naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
-    return value
+    return int(value)
 
 
 def get_activation(activation: str | Callable, name: str = "activation") -> Callable:

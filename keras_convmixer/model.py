@@ -178,16 +178,16 @@ def ConvMixer(
     logits = model(np.zeros((1, 32, 32, 3)))
     ```
     """
-    check_positive_int("dim", dim)
-    check_positive_int("depth", depth)
-    check_positive_int("kernel_size", kernel_size)
-    check_positive_int("patch_size", patch_size)
+    dim = check_positive_int("dim", dim)
+    depth = check_positive_int("depth", depth)
+    kernel_size = check_positive_int("kernel_size", kernel_size)
+    patch_size = check_positive_int("patch_size", patch_size)
     get_activation(activation)
     data_format = check_data_format(data_format)
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
     if include_top:
-        check_positive_int("classes", classes)
+        classes = check_positive_int("classes", classes)
         get_activation(classifier_activation, "classifier_activation")
     if input_shape is None:
         input_shape = (None, None, 3) if data_format == "channels_last" else (3, None, None)

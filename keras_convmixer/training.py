@@ -22,7 +22,7 @@ import os
 import keras
 from keras import ops
 
-from keras_convmixer.layers import PACKAGE
+from keras_convmixer.layers import PACKAGE, check_positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,9 +138,7 @@ def get_recipe(recipe: str | Recipe, **overrides) -> Recipe:
             f"Received: randaugment_policy={recipe.randaugment_policy!r}"
         )
     for name in ("image_size", "batch_size", "epochs", "accumulation_steps"):
-        value = getattr(recipe, name)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be an integer ≥ 1. Received: {name}={value!r}")
+        check_positive_int(name, getattr(recipe, name))
     for name, high in (("lr", math.inf), ("adam_epsilon", math.inf), ("crop_pct", 1.0)):
         value = getattr(recipe, name)
         if not 0 < value <= high:

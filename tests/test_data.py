@@ -226,9 +226,9 @@ def test_mixing_follows_timms_batch_mode():
     [
         ("cutmix_alpha", -1.0, r"cutmix_alpha must be in \[0.0, inf\]"),
         ("erasing_prob", -0.1, r"erasing_prob must be in \[0.0, 1.0\]"),
-        ("epochs", 0, "epochs must be an integer ≥ 1. Received: epochs=0"),
-        ("image_size", 32.0, "image_size must be an integer ≥ 1"),
-        ("batch_size", True, "batch_size must be an integer ≥ 1"),
+        ("epochs", 0, "epochs must be a positive integer. Received: epochs=0"),
+        ("image_size", 32.0, "image_size must be a positive integer"),
+        ("batch_size", True, "batch_size must be a positive integer"),
         ("lr", -0.01, "lr must be > 0. Received: lr=-0.01"),
         ("crop_pct", 1.5, r"crop_pct must be in \(0, 1.0\]"),
         ("clipnorm", 0.0, "clipnorm must be None or > 0"),

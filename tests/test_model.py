@@ -176,6 +176,17 @@ def test_keras_file_and_weights_round_trip(tmp_path):
     np.testing.assert_array_equal(to_numpy(via_argument(x)), expected)
 
 
+def test_numpy_integers_are_taken_and_saved_as_python_ints(tmp_path):
+    """Sizes often come from arrays or configs read with NumPy."""
+    sizes = [np.int64(n) for n in (16, 3, 3, 2)]
+    model = keras_convmixer.ConvMixer(*sizes, classes=np.int32(5), input_shape=(8, 8, 3))
+    assert model.count_params() == small_model().count_params()
+    mixer = model.get_layer("block_0")
+    assert type(mixer.get_config()["kernel_size"]) is int
+    model.save(tmp_path / "m.keras")
+    assert keras.models.load_model(tmp_path / "m.keras").output.shape == (None, 5)
+
+
 @pytest.mark.skipif(
     BACKEND == "torch", reason="Keras 3.15's SavedModel export fails on torch for any model"
 )
