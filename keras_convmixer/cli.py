@@ -32,6 +32,32 @@ def _existing_file(path: str) -> str:
     return path
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer ≥ `minimum`; argparse's error names the flag."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer ≥ {minimum}; received {text!r}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0; received {text!r}")
+    return value
+
+
 def build_model(name: str, weights: str | None, **kwargs):
     """The named variant with `weights` ("imagenet", a path, or None)."""
     from keras_convmixer.model import create_model
@@ -127,7 +153,14 @@ def cmd_benchmark(args) -> int:
     import keras
 
     from keras_convmixer import benchmark
+    from keras_convmixer.model import variant_from_name
 
+    patch_size = variant_from_name(args.model).patch_size
+    if args.image_size < patch_size:
+        raise UserError(
+            f"--image-size must be at least {args.model}'s patch size, {patch_size}; "
+            f"received {args.image_size}"
+        )
     keras.config.set_dtype_policy(args.dtype_policy)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     modes = ("inference", "train") if args.mode == "both" else (args.mode,)
@@ -380,7 +413,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="*", help="image files; none: the bundled sample photo")
     p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
     p.add_argument("--weights", default="imagenet", help="'imagenet' or a weights file")
-    p.add_argument("--top", type=int, default=5, help="classes to show per image")
+    p.add_argument("--top", type=at_least(1), default=5, help="classes to show per image")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_predict)
 
@@ -407,8 +440,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", help="default: val (folders), test or validation (tfds)")
     p.add_argument("--distribute", default="auto", choices=MODES_DISTRIBUTE)
-    p.add_argument("--steps-per-epoch", type=int, help="needed when the data size is unknown")
-    p.add_argument("--seed", type=int, help="reproducible run")
+    p.add_argument(
+        "--steps-per-epoch", type=at_least(1), help="needed when the data size is unknown"
+    )
+    p.add_argument("--seed", type=at_least(0), help="reproducible run")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[common, data_args], help="top-1 / top-5 accuracy")
@@ -424,18 +459,18 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", parents=[common], help="throughput, optionally beside timm")
     p.add_argument("--model", default="convmixer_768_32", help=MODEL_HELP)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch", type=at_least(1), default=8)
+    p.add_argument("--image-size", type=at_least(1), default=224)
     p.add_argument(
         "--dtype-policy", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16")
     )
     p.add_argument("--mode", default="both", choices=("inference", "train", "both"))
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=at_least(0), default=2)
+    p.add_argument("--repeats", type=at_least(1), default=5)
     p.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"))
     p.add_argument("--compare-timm", action="store_true", help="also time timm in this process")
     p.add_argument("--timm-compile", action="store_true", help="also time timm + torch.compile")
-    p.add_argument("--peak-tflops", type=float, help="device peak, to report MFU")
+    p.add_argument("--peak-tflops", type=positive_float, help="device peak, to report MFU")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.set_defaults(run=cmd_benchmark)
 

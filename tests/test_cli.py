@@ -11,6 +11,8 @@ from conftest import BACKEND, timm_convmixer
 from digits import digits_32
 from PIL import Image
 
+from keras_convmixer import cli as cli_module
+
 TINY = "convmixer_16_2_k3_p2"
 
 
@@ -111,6 +113,32 @@ def test_user_errors_print_one_line(tmp_path, tiny_checkpoint):
     }
     train = ["train", "--tfds", "cifar10", "--output", str(tmp_path)]
     assert_user_error(cli(*train, "--distribute", "multi-worker"), multi_worker[BACKEND])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "--top", "0"], "argument --top: must be an integer ≥ 1; received '0'"),
+        (["benchmark", "--batch", "0"], "argument --batch: must be an integer ≥ 1"),
+        (["benchmark", "--repeats", "x"], "argument --repeats: must be an integer ≥ 1"),
+        (["benchmark", "--warmup", "-1"], "argument --warmup: must be an integer ≥ 0"),
+        (["benchmark", "--peak-tflops", "0"], "argument --peak-tflops: must be a number > 0"),
+        (["train", "--output", "o", "--seed", "-1"], "argument --seed: must be an integer ≥ 0"),
+        (["train", "--output", "o", "--steps-per-epoch", "0"], "--steps-per-epoch: must be an"),
+    ],
+)
+def test_flags_out_of_range_are_refused_before_any_work(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_benchmark_refuses_an_image_smaller_than_a_patch(capsys):
+    assert cli_module.main(["benchmark", "--model", "convmixer_768_32", "--image-size", "6"]) == 2
+    assert "--image-size must be at least convmixer_768_32's patch size, 7; received 6" in (
+        capsys.readouterr().err
+    )
 
 
 def test_compare_with_timm_reports_the_deviation(tiny_checkpoint):
