@@ -42,6 +42,15 @@ def preprocess_input(x, data_format: str | None = None):
         The normalised images, same shape; a NumPy array for NumPy input.
     """
     shape = _channel_shape(data_format)
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    axis = -len(shape)
+    if len(x.shape) < len(shape) or x.shape[axis] not in (3, None):
+        where = "last" if axis == -1 else "third from last"
+        raise ValueError(
+            f"preprocess_input expects RGB images with 3 channels on the {where} axis "
+            f"({check_data_format(data_format)}). Received: x.shape={tuple(x.shape)}"
+        )
     mean = np.reshape(np.asarray(MEAN, "float32"), shape)
     std = np.reshape(np.asarray(STD, "float32"), shape)
     if isinstance(x, np.ndarray):
@@ -92,7 +101,8 @@ def eval_transform(image, image_size: int = IMAGE_SIZE, crop_pct: float = CROP_P
     then a centred `image_size` crop. Values stay in the input's range; no normalisation.
 
     Args:
-        image: one RGB image, `(H, W, 3)` array or tensor (channels last).
+        image: one RGB image, `(H, W, 3)` array or tensor (channels last); a grey one,
+            `(H, W)` or `(H, W, 1)`, is made RGB first.
         image_size: int. Output side. Defaults to 224.
         crop_pct: float in (0, 1]. Defaults to 0.96, so the shorter side becomes 233.
 
@@ -105,9 +115,12 @@ def eval_transform(image, image_size: int = IMAGE_SIZE, crop_pct: float = CROP_P
     from PIL import Image
 
     array = np.asarray(ops.convert_to_numpy(image))
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 1):
+        array = np.repeat(array.reshape(array.shape[:2] + (1,)), 3, axis=-1)
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(
-            f"eval_transform expects one (H, W, 3) RGB image. Received shape {array.shape}"
+            "eval_transform expects one RGB image (H, W, 3), or a grey one (H, W) or (H, W, 1). "
+            f"Received shape {array.shape}"
         )
     height, width = array.shape[:2]
     short = int(image_size / crop_pct)

@@ -346,6 +346,11 @@ def make_callbacks(
     `"val_accuracy"`, also the weights of the epoch where it was best (`best.weights.h5`): the
     lowest for a name ending in "loss", else the highest. A resumed run compares against the
     best value in the log so far, so the file keeps the best epoch of the whole run."""
+    if best_of is not None and not (isinstance(best_of, str) and best_of):
+        raise ValueError(
+            f"best_of must be None or the name of a logged metric such as 'val_accuracy'. "
+            f"Received: best_of={best_of!r}"
+        )
     os.makedirs(output_dir, exist_ok=True)
     log = os.path.join(output_dir, "log.csv")
     callbacks = [

@@ -82,5 +82,23 @@ def test_eval_transform_resizes_the_shorter_side_then_centres():
     assert 0 < row[112] < 255
     with pytest.raises(ValueError, match="crop_pct must be in"):
         keras_convmixer.eval_transform(image, crop_pct=1.5)
-    with pytest.raises(ValueError, match=r"one \(H, W, 3\) RGB image"):
-        keras_convmixer.eval_transform(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=r"one RGB image \(H, W, 3\), or a grey one"):
+        keras_convmixer.eval_transform(np.zeros((4, 4, 4)))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_eval_transform_makes_grey_images_rgb(dtype):
+    grey = np.random.default_rng(3).integers(0, 256, size=(40, 30)).astype(dtype)
+    expected = keras_convmixer.eval_transform(np.repeat(grey[:, :, None], 3, axis=2), 16)
+    assert np.ptp(expected) > 100
+    for image in (grey, grey[:, :, None]):
+        np.testing.assert_array_equal(keras_convmixer.eval_transform(image, 16), expected)
+
+
+@pytest.mark.parametrize(
+    "shape, data_format, where",
+    [((2, 8, 8, 4), "channels_last", "last"), ((2, 8, 8, 3), "channels_first", "third from last")],
+)
+def test_preprocess_input_refuses_other_than_three_channels(shape, data_format, where):
+    with pytest.raises(ValueError, match=f"3 channels on the {where} axis .{data_format}."):
+        keras_convmixer.preprocess_input(np.zeros(shape), data_format=data_format)

@@ -187,6 +187,8 @@ def test_the_best_epochs_weights_are_kept_beside_the_last(tmp_path, interrupted)
         with pytest.raises(KeyboardInterrupt):
             fit()
     model = fit()
+    with pytest.raises(ValueError, match="best_of must be None or the name of a logged metric"):
+        training.make_callbacks(str(tmp_path), best_of=3)
     best = min(losses, key=losses.get)
     assert best < 4  # else the two files hold the same epoch and the test tells nothing
     for name, epoch in (("best", best), ("checkpoint", 4)):
