@@ -24,7 +24,7 @@ from keras_convmixer.augment import (
     normalize,
     part_seed,
 )
-from keras_convmixer.layers import check_positive_int
+from keras_convmixer.checks import check_positive_int
 from keras_convmixer.training import Recipe, get_recipe
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -112,6 +112,13 @@ def from_folder(
         The dataset and the class names.
     """
     folder = os.path.join(root, split)
+    if classes is not None and not (
+        isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes)
+    ):
+        raise ValueError(
+            "classes must be None or a list of class folder names in label order. "
+            f"Received: classes={classes!r}"
+        )
     classes = classes or folder_classes(folder)
     paths, labels = [], []
     for label, name in enumerate(classes):
@@ -228,8 +235,8 @@ def train_pipeline(
         isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
     ):
         raise ValueError(f"seed must be None or an integer ≥ 0. Received: seed={seed!r}")
-    if batches is not None and batches < 1:
-        raise ValueError(f"batches must be ≥ 1. Received: batches={batches}")
+    if batches is not None:
+        check_positive_int("batches", batches)
     recipe = get_recipe(recipe, **overrides)
     batch_size = batch_size or recipe.batch_size
     examples = int(dataset.cardinality())  # negative: infinite or unknown
@@ -295,8 +302,9 @@ def eval_pipeline(
     """
     check_positive_int("num_classes", num_classes)
     check_positive_int("batch_size", batch_size)
-    if pad_to < 1:
-        raise ValueError(f"pad_to must be ≥ 1. Received: pad_to={pad_to}")
+    check_positive_int("pad_to", pad_to)
+    if batches is not None:
+        check_positive_int("batches", batches)
     if batches is not None and pad_to != batch_size:
         raise ValueError(
             "batches needs whole padded batches: pad_to=batch_size. "

@@ -51,6 +51,8 @@ import warnings
 import keras
 import numpy as np
 
+from keras_convmixer.checks import check_positive_int
+
 MODES = ("auto", "none", "mirrored", "multi-worker", "data-parallel")
 JAX_COORDINATOR_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
@@ -92,6 +94,7 @@ class Setup:
     def process_batch(self, batch_size: int) -> int:
         """The batch this process's dataset yields for a global `batch_size`: its share when
         it feeds its own part of the data, the global batch otherwise."""
+        batch_size = check_positive_int("batch_size", batch_size)
         return batch_size // self.num_workers if self.shard else batch_size
 
     def process_seed(self, seed: int | None) -> int | None:
@@ -116,12 +119,12 @@ class Setup:
 
     def global_batch(self, per_replica: int) -> int:
         """Per-replica batch × replicas (each worker feeds global batches on TensorFlow)."""
-        if per_replica < 1:
-            raise ValueError(f"per_replica must be ≥ 1. Received: per_replica={per_replica}")
-        return per_replica * self.replicas
+        return check_positive_int("per_replica", per_replica) * self.replicas
 
     def check_batch(self, batch_size: int) -> int:
-        """Raises unless `batch_size` splits evenly over the replicas (JAX requires it)."""
+        """`batch_size` if it is a positive integer that splits evenly over the replicas (JAX
+        requires it), else a ValueError."""
+        batch_size = check_positive_int("batch_size", batch_size)
         if batch_size % self.replicas:
             raise ValueError(
                 f"batch_size must be divisible by the {self.replicas} replicas. "
@@ -135,6 +138,7 @@ class Setup:
         batch evenly: over the devices of one process, and across processes only whole batches
         (global ones, which Keras re-batches into a slice per process, or each process's own).
         TensorFlow's strategies take short batches as they are."""
+        check_positive_int("batch_size", batch_size)
         if self.mode != "data-parallel":
             return 1
         return self.replicas if self.num_workers == 1 else self.process_batch(batch_size)
@@ -155,7 +159,13 @@ class Setup:
 
     def scale_lr(self, lr: float, base_batch: int, batch_size: int) -> float:
         """Linear scaling rule: `lr × batch_size / base_batch`."""
-        return lr * batch_size / base_batch
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0. Received: lr={lr!r}")
+        return (
+            lr
+            * check_positive_int("batch_size", batch_size)
+            / check_positive_int("base_batch", base_batch)
+        )
 
     def write_dir(self, path: str) -> str:
         """Where this worker writes checkpoints: `path` on the chief, a private scratch folder

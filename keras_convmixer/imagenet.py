@@ -14,7 +14,8 @@ from importlib import resources
 import numpy as np
 from keras import ops
 
-from keras_convmixer.layers import check_data_format, check_positive_int
+from keras_convmixer.checks import check_positive_int
+from keras_convmixer.layers import check_data_format
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

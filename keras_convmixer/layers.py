@@ -14,13 +14,12 @@ converted checkpoints give the same outputs:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
-from typing import Any
 
 import keras
 from keras import layers, ops
 
+from keras_convmixer.checks import check_positive_int
 from keras_convmixer.distribute import sync_batch_norm
 from keras_convmixer.kernels import (
     batch_norm,
@@ -32,14 +31,6 @@ from keras_convmixer.kernels import (
 
 BATCH_NORM = {"epsilon": 1e-5, "momentum": 0.9}
 PACKAGE = "keras_convmixer"
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    """`value` as a Python int if it is a positive integer (NumPy's included), else a ValueError
-    naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
-    return int(value)
 
 
 def get_activation(activation: str | Callable, name: str = "activation") -> Callable:

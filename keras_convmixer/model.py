@@ -14,13 +14,13 @@ import numpy as np
 from keras import layers
 
 from keras_convmixer import imagenet
+from keras_convmixer.checks import check_positive_int
 from keras_convmixer.kernels import tune_xla_cpu
 from keras_convmixer.layers import (
     ConvMixerBlock,
     GlobalAveragePooling,
     PatchEmbedding,
     check_data_format,
-    check_positive_int,
     get_activation,
 )
 

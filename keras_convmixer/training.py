@@ -22,7 +22,8 @@ import os
 import keras
 from keras import ops
 
-from keras_convmixer.layers import PACKAGE, check_positive_int
+from keras_convmixer.checks import check_positive_int
+from keras_convmixer.layers import PACKAGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,10 +199,8 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, max_lr: float, total_steps: int):
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be ≥ 1. Received: total_steps={total_steps}")
         self.max_lr = float(max_lr)
-        self.total_steps = int(total_steps)
+        self.total_steps = check_positive_int("total_steps", total_steps)
 
     def __call__(self, step):
         t = ops.cast(step, "float32") / float(self.total_steps)
@@ -309,10 +308,7 @@ def compile_for_recipe(
         **overrides: recipe fields to replace, e.g. `lr=1e-3, epochs=10`.
     """
     recipe = get_recipe(recipe, **overrides)
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"steps_per_epoch must be ≥ 1. Received: steps_per_epoch={steps_per_epoch}"
-        )
+    check_positive_int("steps_per_epoch", steps_per_epoch)
     metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     if model.output_shape[-1] > 5:
         metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5"))

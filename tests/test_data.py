@@ -296,7 +296,7 @@ def test_eval_pipeline_pads_the_last_batch_with_zero_weights():
     whole = pipeline(4)  # whole batches: a static batch size, as Keras' sharding needs
     assert [spec.shape[0] for spec in whole.element_spec] == [4, 4, 4]
     assert len(list(whole)) == 3 and pipeline(1).element_spec[0].shape[0] is None
-    with pytest.raises(ValueError, match="pad_to must be ≥ 1"):
+    with pytest.raises(ValueError, match="pad_to must be a positive integer"):
         pipeline(0)
 
 
@@ -310,7 +310,7 @@ def test_train_pipeline_keeps_the_first_batches_of_each_epoch():
     two = pipeline(2)
     assert [len(list(two)), len(list(two))] == [2, 2] and int(two.cardinality()) == 2
     assert len(list(pipeline(None))) == 4
-    with pytest.raises(ValueError, match="batches must be ≥ 1. Received: batches=0"):
+    with pytest.raises(ValueError, match="batches must be a positive integer. Received: batches=0"):
         pipeline(0)
 
 
@@ -408,6 +408,8 @@ def test_image_folder_and_eval_pipeline(tmp_path):
     np.testing.assert_allclose(images[0, ..., 0], expected_cat, atol=1e-3)
     with pytest.raises(ValueError, match="Image folder not found"):
         data.from_folder(str(tmp_path), "test")
+    with pytest.raises(ValueError, match="classes must be None or a list of class folder names"):
+        data.from_folder(str(tmp_path), "train", classes=2)
 
 
 def test_eval_pipeline_gives_the_same_batches_from_uint8_and_float_images():

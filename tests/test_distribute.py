@@ -294,6 +294,15 @@ def test_setup_helpers():
         two.check_batch(7)
     with pytest.raises(ValueError, match="distribute must be one of"):
         distribute.setup("horovod")
+    for call, message in (
+        (lambda: setup.global_batch(2.5), "per_replica must be a positive integer"),
+        (lambda: setup.scale_lr(0.01, 0, 64), "base_batch must be a positive integer"),
+        (lambda: setup.scale_lr(-0.01, 64, 64), "lr must be > 0. Received: lr=-0.01"),
+        (lambda: two.process_batch(0), "batch_size must be a positive integer"),
+        (lambda: two.eval_pad_to(0), "batch_size must be a positive integer"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
     assert (setup.eval_pad_to(8), two.eval_pad_to(8)) == (1, 1)  # tf.distribute splits any batch
     assert distribute.Setup("data-parallel", 4).eval_pad_to(8) == 4
     assert distribute.Setup("data-parallel", 4, num_workers=2).eval_pad_to(8) == 8

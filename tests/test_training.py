@@ -123,7 +123,7 @@ def test_compile_for_recipe_sets_the_schedule_and_loss():
     assert isinstance(schedule, training.OneCycle)
     assert schedule.total_steps == 14 and schedule.max_lr == 0.05
     assert isinstance(model.loss, keras.losses.CategoricalCrossentropy)
-    with pytest.raises(ValueError, match="steps_per_epoch must be ≥ 1"):
+    with pytest.raises(ValueError, match="steps_per_epoch must be a positive integer"):
         training.compile_for_recipe(model, "cifar10", steps_per_epoch=0)
 
 
