@@ -5,7 +5,9 @@ ImageNet's files (`data.from_folder(..., decode=False)`) decodes them: only each
 
     KERAS_BACKEND=jax python benchmarks/pipeline.py --json benchmarks/results/pipeline_jax.json
 
-Also times RandAugment alone three ways, to back the choice in `keras_convmixer.augment`:
+Also times the recipe stage by stage (from decoded images: crop, flip and normalisation, then
+adding RandAugment, RandomErasing, MixUp/CutMix), with the CPU time per image of each, and
+RandAugment alone three ways, to back the choice in `keras_convmixer.augment`:
 this package's per image, keras-cv's layer on a batch, Keras 3's layer per image.
 The source images are scikit-image's photos (CC0) as 500×375 JPEGs (quality 90).
 """
@@ -22,7 +24,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_convmixer import data, randaugment, training
-from keras_convmixer.benchmark import write_json
+from keras_convmixer.benchmark import machine, write_json
 
 
 def photos(count: int, decoded: bool) -> tf.data.Dataset:
@@ -48,16 +50,47 @@ def photos(count: int, decoded: bool) -> tf.data.Dataset:
 
 def images_per_second(dataset, batches: int, batch_size: int, repeats: int) -> dict:
     """Images/s in `repeats` runs of `batches` batches each after one warm-up batch (tracing,
-    the first fill of the buffers): the median and every run."""
+    the first fill of the buffers): the median and every run, and the median CPU time (all
+    threads of the process) per image in ms."""
     iterator = iter(dataset)
     next(iterator)
-    runs = []
+    runs, cpu_ms = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(batches):
             next(iterator)
         runs.append(batches * batch_size / (time.perf_counter() - start))
-    return {"median": float(np.median(runs)), "runs": runs}
+        cpu_ms.append(1000 * (time.process_time() - cpu_start) / (batches * batch_size))
+    return {
+        "median": float(np.median(runs)),
+        "runs": runs,
+        "cpu_ms_per_image": float(np.median(cpu_ms)),
+    }
+
+
+# The ImageNet recipe built up stage by stage, each adding to the one before.
+STAGES = {
+    "crop, flip, normalisation": dict(
+        randaugment_ops=0, erasing_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0
+    ),
+    "+ RandAugment": dict(erasing_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0),
+    "+ RandomErasing": dict(mixup_alpha=0.0, cutmix_alpha=0.0),
+    "+ MixUp/CutMix (the whole recipe)": dict(),
+}
+
+
+def stage_costs(batch_size: int, batches: int, repeats: int) -> dict:
+    """Images/s and CPU ms per image of the pipeline from decoded images, stage by stage."""
+    source = photos(batch_size * (batches + 2), decoded=True)
+    return {
+        name: images_per_second(
+            data.train_pipeline(source, 1000, "imagenet", batch_size=batch_size, **overrides),
+            batches,
+            batch_size,
+            repeats,
+        )
+        for name, overrides in STAGES.items()
+    }
 
 
 def randaugment_comparison(batch_size: int, batches: int, repeats: int) -> dict:
@@ -110,6 +143,8 @@ def main() -> None:
         rates[decoded] = images_per_second(pipeline, args.batches, args.batch_size, args.repeats)
     cores = os.cpu_count()
     report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
         "backend": keras.backend.backend(),
         "cpu_cores": cores,
         "batch_size": args.batch_size,
@@ -122,6 +157,7 @@ def main() -> None:
         "with_jpeg_decode_images_per_s_per_core": rates[False]["median"] / cores,
         "with_jpeg_decode_images_per_s_runs": rates[False]["runs"],
         "randaugment_only_images_per_s": randaugment_comparison(64, 6, args.repeats),
+        "stages_from_decoded_images": stage_costs(args.batch_size, args.batches, args.repeats),
     }
     print(json.dumps(report, indent=2))
     write_json(report, args.json)

@@ -276,10 +276,17 @@ def machine() -> dict:
     }
     try:
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        info["cpu"] = names[0] if names else None
+            lines = f.read().splitlines()
     except OSError:
-        pass
+        return info
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    info["cpu"] = fields.get("model name")
+    # The vector units that set this CPU's speed; this project's machines differ in them.
+    flags = set(fields.get("flags", "").split())
+    info["cpu_vector_flags"] = sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"})
     return info
 
 
