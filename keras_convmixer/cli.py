@@ -275,6 +275,7 @@ def cmd_train(args) -> int:
     steps = args.steps_per_epoch or setup.across_processes(own_batches, min)
     if steps < 1:
         raise UserError("the number of training batches is unknown: pass --steps-per-epoch")
+    output = setup.write_dir(args.output)
     train = data.train_pipeline(
         train_source,
         count,
@@ -282,6 +283,8 @@ def cmd_train(args) -> int:
         batch_size=process_batch,
         seed=setup.process_seed(args.seed),
         batches=None if args.steps_per_epoch else steps,
+        # A resumed run goes on with the batches it would have had (a pass is an epoch).
+        initial_epoch=0 if args.steps_per_epoch else training.resumed_epoch(output),
     )
     val = data.eval_pipeline(
         val_source,
@@ -294,7 +297,6 @@ def cmd_train(args) -> int:
     with setup.scope():
         model = classifier_model(args.model, args.weights, count, recipe.image_size)
         training.compile_for_recipe(model, recipe, steps_per_epoch=steps)
-    output = setup.write_dir(args.output)
     model.fit(
         train.repeat() if args.steps_per_epoch else train,
         epochs=recipe.epochs,

@@ -206,6 +206,7 @@ def train_pipeline(
     shuffle_buffer: int = 10_000,
     cache: bool = False,
     batches: int | None = None,
+    initial_epoch: int = 0,
     **overrides,
 ) -> tf.data.Dataset:
     """Shuffled, augmented, batched training data: (normalised float32 images, soft labels).
@@ -226,6 +227,11 @@ def train_pipeline(
         batches: int. Only the first `batches` batches of each epoch, the number that every
             process can feed when each feeds its own part (`distribute.Setup`). Defaults to
             None (all).
+        initial_epoch: int. The epoch that a resumed run starts at
+            (`training.resumed_epoch(output_dir)`). With a seed, the first pass over the
+            dataset is then that epoch's (shuffle and draws), so a run resumed by
+            `BackupAndRestore` sees the batches the uninterrupted run saw. Each pass over the
+            dataset is one epoch; not for a `.repeat()`ed pipeline. Defaults to 0.
     """
     check_positive_int("num_classes", num_classes)
     if batch_size is not None:
@@ -237,6 +243,14 @@ def train_pipeline(
         raise ValueError(f"seed must be None or an integer ≥ 0. Received: seed={seed!r}")
     if batches is not None:
         check_positive_int("batches", batches)
+    if (
+        isinstance(initial_epoch, bool)
+        or not isinstance(initial_epoch, numbers.Integral)
+        or initial_epoch < 0
+    ):
+        raise ValueError(
+            f"initial_epoch must be an integer ≥ 0. Received: initial_epoch={initial_epoch!r}"
+        )
     recipe = get_recipe(recipe, **overrides)
     batch_size = batch_size or recipe.batch_size
     examples = int(dataset.cardinality())  # negative: infinite or unknown
@@ -272,7 +286,22 @@ def train_pipeline(
         num_parallel_calls=AUTOTUNE,
         deterministic=seed is not None,
     )
-    return dataset.prefetch(AUTOTUNE)
+    return _one_draw_per_pass(dataset, initial_epoch).prefetch(AUTOTUNE)
+
+
+def _one_draw_per_pass(dataset: tf.data.Dataset, passes_done: int) -> tf.data.Dataset:
+    """`dataset` such that its shuffle and seed streams move on once per pass read, and
+    `passes_done` passes on already. Each new iterator of `dataset` draws their next seeds, even
+    one made and never read: Keras' TensorFlow backend makes one at the end of each epoch of
+    known length and makes another at the next epoch's start. Made inside `flat_map`, the
+    iterator exists from the first element on."""
+    for _ in range(passes_done):
+        iter(dataset)  # draws the seeds only: no element is read
+    cardinality = dataset.cardinality()
+    lazy = tf.data.Dataset.from_tensors(0).flat_map(lambda _: dataset)
+    if cardinality >= 0:  # flat_map's length is unknown; said again, for `fit` and the caller
+        lazy = lazy.apply(tf.data.experimental.assert_cardinality(cardinality))
+    return lazy
 
 
 def eval_pipeline(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import numbers
 import os
@@ -59,6 +60,8 @@ class Recipe:
     # this (the paper's 640 is batch_size=64, accumulation_steps=10 on one device).
     accumulation_steps: int = 1
 
+
+BACKUP = "backup"  # BackupAndRestore's folder under `make_callbacks`' output_dir
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -341,7 +344,8 @@ def make_callbacks(
     TensorBoard logs if `tensorboard`. With `best_of`, a metric of the logs such as
     `"val_accuracy"`, also the weights of the epoch where it was best (`best.weights.h5`): the
     lowest for a name ending in "loss", else the highest. A resumed run compares against the
-    best value in the log so far, so the file keeps the best epoch of the whole run."""
+    best value in the log so far, so the file keeps the best epoch of the whole run. Build a
+    resumed run's pipeline with `initial_epoch=resumed_epoch(output_dir)`."""
     if best_of is not None and not (isinstance(best_of, str) and best_of):
         raise ValueError(
             f"best_of must be None or the name of a logged metric such as 'val_accuracy'. "
@@ -353,7 +357,7 @@ def make_callbacks(
         keras.callbacks.ModelCheckpoint(
             os.path.join(output_dir, "checkpoint.weights.h5"), save_weights_only=True
         ),
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, BACKUP)),
         keras.callbacks.CSVLogger(log, append=True),
     ]
     if best_of:
@@ -371,6 +375,18 @@ def make_callbacks(
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard")))
     return callbacks
+
+
+def resumed_epoch(output_dir: str) -> int:
+    """The epoch that a run with `make_callbacks(output_dir)` resumes at: the one after the last
+    that its `BackupAndRestore` saved (Keras' `training_metadata.json`); 0 for a new run. Pass
+    it to `data.train_pipeline(..., initial_epoch=...)` so that a seeded run goes on with the
+    batches it would have had."""
+    path = os.path.join(output_dir, BACKUP, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as file:
+        return int(json.load(file)["epoch"])
 
 
 def _logged_best(log: str, metric: str, mode: str) -> float | None:

@@ -220,6 +220,49 @@ def test_a_seeded_fit_through_the_pipeline_repeats_exactly():
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_seeded_run_resumed_by_backup_and_restore_goes_on_with_the_same_batches(tmp_path):
+    """`initial_epoch=training.resumed_epoch(output_dir)`: the resumed epochs get the shuffle
+    and augmentation draws of the uninterrupted run's, so the weights end equal."""
+    x_train, y_train, _, _ = digits_32()
+    recipe = training.get_recipe(digits_recipe(epochs=3), batch_size=32, erasing_prob=0.25)
+
+    def fit(output_dir, interrupt=False, resume=True):
+        keras.utils.set_random_seed(0)
+        initial_epoch = training.resumed_epoch(output_dir) if resume else 0
+        train = data.train_pipeline(
+            data.from_arrays(x_train[:96], y_train[:96]),
+            10,
+            recipe,
+            seed=1,
+            initial_epoch=initial_epoch,
+        )
+        model = keras_convmixer.ConvMixer(16, 2, kernel_size=3, patch_size=4, classes=10)
+        training.compile_for_recipe(model, recipe, steps_per_epoch=3)
+
+        class Interrupt(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if interrupt and epoch == 0:
+                    raise KeyboardInterrupt
+
+        callbacks = training.make_callbacks(str(output_dir)) + [Interrupt()]
+        model.fit(train, epochs=3, verbose=0, callbacks=callbacks)
+        return model.get_weights()
+
+    straight = fit(tmp_path / "straight")
+    for resume in (True, False):
+        output_dir = tmp_path / f"resumed_{resume}"
+        with pytest.raises(KeyboardInterrupt):
+            fit(output_dir, interrupt=True)
+        assert training.resumed_epoch(str(output_dir)) == 1
+        resumed = fit(output_dir, resume=resume)
+        equal = all(np.array_equal(a, b) for a, b in zip(straight, resumed, strict=True))
+        # Without initial_epoch the resumed epochs repeat the first epoch's batches.
+        assert equal == resume
+    assert training.resumed_epoch(str(tmp_path / "new")) == 0
+    with pytest.raises(ValueError, match="initial_epoch must be an integer ≥ 0"):
+        data.train_pipeline(data.from_arrays(x_train, y_train), 10, recipe, initial_epoch=-1)
+
+
 def test_learns_real_digits_through_the_pipeline():
     """scikit-learn's digits, upsampled to 32×32, through our pipeline and recipe."""
     x_train, y_train, x_val, y_val = digits_32()
