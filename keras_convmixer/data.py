@@ -299,7 +299,7 @@ def _one_draw_per_pass(dataset: tf.data.Dataset, passes_done: int) -> tf.data.Da
         iter(dataset)  # draws the seeds only: no element is read
     cardinality = dataset.cardinality()
     lazy = tf.data.Dataset.from_tensors(0).flat_map(lambda _: dataset)
-    if cardinality >= 0:  # flat_map's length is unknown; said again, for `fit` and the caller
+    if cardinality != tf.data.UNKNOWN_CARDINALITY:  # flat_map hides it: said again
         lazy = lazy.apply(tf.data.experimental.assert_cardinality(cardinality))
     return lazy
 

@@ -273,7 +273,11 @@ def test_eval_pipeline_arguments_are_checked():
             data.eval_pipeline(eight_images(), **{"num_classes": 2, **arguments})
     # Evaluation keeps a short batch, and an endless source trains with any batch size.
     assert len(list(data.eval_pipeline(eight_images(), 2, "cifar10", batch_size=9))) == 1
-    next(iter(data.train_pipeline(eight_images().repeat(), 2, "cifar10", batch_size=9)))
+    endless = data.train_pipeline(eight_images().repeat(), 2, "cifar10", batch_size=9)
+    assert endless.cardinality() == tf.data.INFINITE_CARDINALITY
+    next(iter(endless))
+    # A known length stays known through the pipeline (`fit`'s progress bar, steps_per_epoch).
+    assert data.train_pipeline(eight_images(), 2, "cifar10", batch_size=3).cardinality() == 2
 
 
 def small_eval_pipeline(source, **options):
