@@ -24,7 +24,7 @@ from keras_convmixer.augment import (
     normalize,
     part_seed,
 )
-from keras_convmixer.checks import check_positive_int
+from keras_convmixer.checks import check_non_negative_int, check_positive_int
 from keras_convmixer.training import Recipe, get_recipe
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -237,20 +237,10 @@ def train_pipeline(
     if batch_size is not None:
         check_positive_int("batch_size", batch_size)
     check_positive_int("shuffle_buffer", shuffle_buffer)
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
-    ):
-        raise ValueError(f"seed must be None or an integer ≥ 0. Received: seed={seed!r}")
+    check_non_negative_int("seed", seed, or_none=True)
     if batches is not None:
         check_positive_int("batches", batches)
-    if (
-        isinstance(initial_epoch, bool)
-        or not isinstance(initial_epoch, numbers.Integral)
-        or initial_epoch < 0
-    ):
-        raise ValueError(
-            f"initial_epoch must be an integer ≥ 0. Received: initial_epoch={initial_epoch!r}"
-        )
+    check_non_negative_int("initial_epoch", initial_epoch)
     recipe = get_recipe(recipe, **overrides)
     batch_size = batch_size or recipe.batch_size
     examples = int(dataset.cardinality())  # negative: infinite or unknown
@@ -334,11 +324,11 @@ def eval_pipeline(
     check_positive_int("pad_to", pad_to)
     if batches is not None:
         check_positive_int("batches", batches)
-    if batches is not None and pad_to != batch_size:
-        raise ValueError(
-            "batches needs whole padded batches: pad_to=batch_size. "
-            f"Received: batches={batches}, pad_to={pad_to}, batch_size={batch_size}"
-        )
+        if pad_to != batch_size:
+            raise ValueError(
+                "batches needs whole padded batches: pad_to=batch_size. "
+                f"Received: batches={batches}, pad_to={pad_to}, batch_size={batch_size}"
+            )
     recipe = get_recipe(recipe, **overrides)
     size = recipe.image_size
     resize_to = int(size / recipe.crop_pct)
