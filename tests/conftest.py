@@ -1,6 +1,10 @@
 """Shared test helpers. The backend comes from KERAS_BACKEND (one pytest process per backend)."""
 
+import contextlib
+import functools
+import http.server
 import os
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -10,6 +14,8 @@ import pytest
 from timm_shim import import_timm
 
 import keras_convmixer
+from keras_convmixer import pretrained
+from keras_convmixer.model import VARIANTS, Variant
 
 BACKEND = keras.backend.backend()
 
@@ -77,3 +83,62 @@ def timm_convmixer(dim, depth, kernel_size, patch_size, activation="gelu", class
                 module.bias.normal_(0.0, 0.2)
     assert timm is not None
     return model.eval()
+
+
+def save_safetensors(model, path):
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), str(path))
+    return str(path)
+
+
+# --- weights="imagenet" against a loopback server -------------------------------------------
+
+TINY = Variant(16, 2, kernel_size=3, patch_size=7, activation="gelu")
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    truncate = False
+
+    def log_message(self, *args):
+        pass
+
+    def copyfile(self, source, outputfile):
+        data = source.read()
+        outputfile.write(data[: len(data) // 2] if self.truncate else data)
+
+
+@contextlib.contextmanager
+def serve(directory, truncate=False):
+    """Serves `directory` over HTTP on 127.0.0.1 (its address is yielded); `truncate` sends
+    half of each file."""
+    handler = type("Handler", (_Handler,), {"truncate": truncate})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(directory))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A timm-format checkpoint of a tiny variant published on a loopback 'hub'."""
+    reference = timm_convmixer(16, 2, 3, 7, classes=1000, seed=3)
+    root = tmp_path / "hub"
+    folder = root / "timm" / "convmixer_tiny.in1k" / "resolve" / "main"
+    folder.mkdir(parents=True)
+    path = save_safetensors(reference, folder / "model.safetensors")
+    digest = pretrained.sha256(path)
+    monkeypatch.setitem(VARIANTS, "convmixer_tiny", TINY)
+    monkeypatch.setitem(
+        pretrained.WEIGHTS,
+        "convmixer_tiny",
+        pretrained.Checkpoint("convmixer_tiny.in1k", "model.safetensors", digest, 0.0),
+    )
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    return {"root": root, "reference": reference, "sha256": digest}

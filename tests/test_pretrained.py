@@ -2,33 +2,22 @@
 against a loopback HTTP server."""
 
 import argparse
-import contextlib
 import dataclasses
-import functools
-import http.server
 import os
 import subprocess
 import sys
 import textwrap
-import threading
 
 import keras
 import numpy as np
 import pytest
-from conftest import timm_convmixer, to_numpy
+from conftest import save_safetensors, serve, timm_convmixer, to_numpy
 
 import keras_convmixer
 from keras_convmixer import pretrained
-from keras_convmixer.model import VARIANTS, Variant
+from keras_convmixer.model import VARIANTS
 
 torch = pytest.importorskip("torch")
-
-
-def save_safetensors(model, path):
-    from safetensors.torch import save_file
-
-    save_file(model.state_dict(), str(path))
-    return str(path)
 
 
 def sequential_layout(state_dict, depth, prefix="module."):
@@ -165,57 +154,10 @@ def test_unknown_file_type_is_rejected(tmp_path):
 
 # --- weights="imagenet" against a loopback server -------------------------------------------
 
-TINY = Variant(16, 2, kernel_size=3, patch_size=2, activation="gelu")
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    truncate = False
-
-    def log_message(self, *args):
-        pass
-
-    def copyfile(self, source, outputfile):
-        data = source.read()
-        outputfile.write(data[: len(data) // 2] if self.truncate else data)
-
-
-@contextlib.contextmanager
-def serve(directory, truncate=False):
-    handler = type("Handler", (_Handler,), {"truncate": truncate})
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(directory))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A timm-format checkpoint of a tiny variant published on a loopback 'hub'."""
-    reference = timm_convmixer(16, 2, 3, 2, classes=1000, seed=3)
-    root = tmp_path / "hub"
-    folder = root / "timm" / "convmixer_tiny.in1k" / "resolve" / "main"
-    folder.mkdir(parents=True)
-    path = save_safetensors(reference, folder / "model.safetensors")
-    digest = pretrained.sha256(path)
-    monkeypatch.setitem(VARIANTS, "convmixer_tiny", TINY)
-    monkeypatch.setitem(
-        pretrained.WEIGHTS,
-        "convmixer_tiny",
-        pretrained.Checkpoint("convmixer_tiny.in1k", "model.safetensors", digest, 0.0),
-    )
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    return {"root": root, "reference": reference, "sha256": digest}
-
 
 def tiny_imagenet_model(**kwargs):
     kwargs.setdefault("classifier_activation", None)
-    return keras_convmixer.ConvMixer(16, 2, 3, 2, weights="imagenet", **kwargs)
+    return keras_convmixer.ConvMixer(16, 2, 3, 7, weights="imagenet", **kwargs)
 
 
 def cache_files():
@@ -283,10 +225,10 @@ def test_two_processes_loading_at_once_end_with_one_good_file(hub, tmp_path):
         import keras_convmixer
         from keras_convmixer import pretrained
         from keras_convmixer.model import VARIANTS, Variant
-        VARIANTS["convmixer_tiny"] = Variant(16, 2, 3, 2, "gelu")
+        VARIANTS["convmixer_tiny"] = Variant(16, 2, 3, 7, "gelu")
         pretrained.WEIGHTS["convmixer_tiny"] = pretrained.Checkpoint(
             "convmixer_tiny.in1k", "model.safetensors", {hub["sha256"]!r}, 0.0)
-        model = keras_convmixer.ConvMixer(16, 2, 3, 2, weights="imagenet")
+        model = keras_convmixer.ConvMixer(16, 2, 3, 7, weights="imagenet")
         print(float(np.sum(model.get_weights()[0])))
         """
     )
@@ -314,11 +256,11 @@ def test_imagenet_rules(hub):
     with pytest.raises(ValueError, match="needs classes=1000. Received: classes=10"):
         tiny_imagenet_model(classes=10)
     with pytest.raises(ValueError, match="needs activation='gelu'"):
-        keras_convmixer.ConvMixer(16, 2, 3, 2, activation="relu", weights="imagenet")
+        keras_convmixer.ConvMixer(16, 2, 3, 7, activation="relu", weights="imagenet")
     with pytest.raises(ValueError, match="needs 3 input channels"):
         tiny_imagenet_model(include_top=False, input_shape=(None, None, 1))
     with pytest.raises(ValueError, match="weights='imagenet' exists for"):
-        keras_convmixer.ConvMixer(16, 2, 5, 2, weights="imagenet")
+        keras_convmixer.ConvMixer(16, 2, 5, 7, weights="imagenet")
     assert cache_files() == []
 
 
