@@ -2,9 +2,11 @@
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from conftest import BACKEND, timm_convmixer
@@ -12,8 +14,10 @@ from digits import digits_32
 from PIL import Image
 
 from keras_convmixer import cli as cli_module
+from keras_convmixer import training
 
 TINY = "convmixer_16_2_k3_p2"
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
 
 
 def cli(*args, env=None, timeout=600):
@@ -248,3 +252,24 @@ def test_train_on_an_image_folder_then_evaluate(tmp_path):
     words = agreement.replace(",", "").split()
     assert words[0] == "mixed_bfloat16:" and words[-2:] == [f"({len(x_val)}", "images)"]
     assert float(words[2]) >= 0.85 and float(words[7]) >= 0.95
+
+
+@pytest.mark.parametrize("recipe", ["cifar10", "imagenet"])
+def test_example_scripts_train_with_their_recipe(recipe, tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    out = tmp_path / "run"
+    args = ["--model", "convmixer_16_1_k3_p4", "--epochs", "1", "--batch-size", "16"]
+    args += ["--image-size", "32", "--no-mixed-precision", "--output", str(out)]
+    if recipe == "imagenet":
+        args += ["--tfds", "imagenet2012"]  # the CIFAR-10 script names its data set itself
+    script = os.path.join(EXAMPLES, f"train_{recipe}.py")
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    with tfds.testing.mock_data(num_examples=32), pytest.raises(SystemExit) as exit:
+        runpy.run_path(script, run_name="__main__")
+    assert exit.value.code == 0
+    optimizer = keras.saving.load_model(out / "model.keras").optimizer.get_config()
+    expected = training.get_recipe(recipe)
+    assert optimizer["learning_rate"]["config"]["max_lr"] == pytest.approx(expected.lr)
+    assert optimizer["weight_decay"] == pytest.approx(expected.weight_decay)
+    assert optimizer["epsilon"] == pytest.approx(expected.adam_epsilon)
+    assert optimizer["global_clipnorm"] == pytest.approx(expected.clipnorm)
