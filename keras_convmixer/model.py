@@ -316,6 +316,17 @@ ConvMixer1024_20 = _named_constructor("convmixer_1024_20", "ConvMixer1024_20")
 ConvMixer256_8 = _named_constructor("convmixer_256_8", "ConvMixer256_8")
 
 
+def block_count(model: keras.Model) -> int:
+    """The number of ConvMixer blocks of `model`; an error for a model without any."""
+    depth = sum(isinstance(layer, ConvMixerBlock) for layer in model.layers)
+    if depth == 0:
+        raise ValueError(
+            "model must be a ConvMixer built by keras_convmixer (it has no ConvMixerBlock). "
+            f"Received: model={model.name!r}"
+        )
+    return depth
+
+
 def feature_extractor(model: keras.Model, blocks=None) -> keras.Model:
     """A model sharing `model`'s layers that returns the stem's and blocks' outputs as a dict.
 
@@ -329,12 +340,7 @@ def feature_extractor(model: keras.Model, blocks=None) -> keras.Model:
     Returns:
         A `keras.Model` whose outputs are `{"stem": ..., "block_0": ..., ...}`.
     """
-    depth = sum(isinstance(layer, ConvMixerBlock) for layer in model.layers)
-    if depth == 0:
-        raise ValueError(
-            "model must be a ConvMixer built by keras_convmixer (it has no ConvMixerBlock). "
-            f"Received: model={model.name!r}"
-        )
+    depth = block_count(model)
     indices = range(depth) if blocks is None else list(blocks)
     outputs = {"stem": model.get_layer("stem").output}
     for i in indices:

@@ -25,6 +25,7 @@ from keras import ops
 
 from keras_convmixer.checks import check_positive_int
 from keras_convmixer.layers import PACKAGE
+from keras_convmixer.model import block_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,7 +409,7 @@ def freeze(model: keras.Model, blocks: int | None = None) -> keras.Model:
 
     Frozen BatchNorm layers run in inference mode (Keras' rule for `trainable=False`).
     """
-    depth = sum(layer.name.startswith("block_") for layer in model.layers)
+    depth = block_count(model)
     if blocks is None:
         blocks = depth
     if isinstance(blocks, bool) or not isinstance(blocks, int) or not 0 <= blocks <= depth:

@@ -113,6 +113,9 @@ def test_freeze_backbone_and_first_blocks():
     assert {v.path.split("/")[0] for v in model.trainable_variables} == {"predictions"}
     with pytest.raises(ValueError, match=r"blocks must be an integer in \[0, 4\]"):
         training.freeze(model, blocks=5)
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="model must be a ConvMixer"):
+        training.freeze(plain)
 
 
 def test_compile_for_recipe_sets_the_schedule_and_loss():
