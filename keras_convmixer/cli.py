@@ -327,6 +327,7 @@ def cmd_evaluate(args) -> int:
     import keras
 
     from keras_convmixer import data
+    from keras_convmixer.pretrained import WEIGHTS
 
     recipe = recipe_from_args(args)
     source, classes = load_data(args, args.split or _default_val_split(args))
@@ -347,6 +348,9 @@ def cmd_evaluate(args) -> int:
     batches = data.eval_pipeline(source, count, recipe, batch_size=args.batch_size or 64)
     results = model.evaluate(batches, return_dict=True, verbose=1)
     print(f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}")
+    published = WEIGHTS.get(args.model) if args.weights == "imagenet" and count == 1000 else None
+    if published:
+        print(f"published top-1 on the ImageNet-1k validation set: {published.top1 / 100:.4f}")
     if args.compare_policy:
         from keras_convmixer.benchmark import policy_agreement
 
@@ -373,9 +377,9 @@ def cmd_info(args) -> int:
     print(f"backend {backend} ({module} {__import__(module).__version__})")
     print(f"devices {', '.join(list_devices())}")
     print(f"weights cache {cache_dir()}")
-    for name in WEIGHTS:
+    for name, checkpoint in WEIGHTS.items():
         state = "cached" if os.path.exists(converted_path(name)) else "not cached"
-        print(f"  {name:<20} {state}")
+        print(f"  {name:<20} ImageNet top-1 {checkpoint.top1:.2f}  {state}")
     return 0
 
 

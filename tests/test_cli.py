@@ -1,5 +1,6 @@
 """The command line, through subprocesses, on the session's backend."""
 
+import dataclasses
 import json
 import os
 import runpy
@@ -9,12 +10,12 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, timm_convmixer
+from conftest import BACKEND, serve, timm_convmixer
 from digits import digits_32
 from PIL import Image
 
 from keras_convmixer import cli as cli_module
-from keras_convmixer import training
+from keras_convmixer import pretrained, training
 
 TINY = "convmixer_16_2_k3_p2"
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
@@ -51,6 +52,7 @@ def test_info():
     result = cli("info")
     assert result.returncode == 0, result.stderr
     assert f"backend {BACKEND}" in result.stdout and "weights cache" in result.stdout
+    assert "convmixer_1536_20    ImageNet top-1 81.37" in result.stdout
 
 
 def test_backend_flag_switches_backend():
@@ -273,3 +275,16 @@ def test_example_scripts_train_with_their_recipe(recipe, tmp_path, monkeypatch):
     assert optimizer["weight_decay"] == pytest.approx(expected.weight_decay)
     assert optimizer["epsilon"] == pytest.approx(expected.adam_epsilon)
     assert optimizer["global_clipnorm"] == pytest.approx(expected.clipnorm)
+
+
+def test_evaluate_imagenet_weights_says_the_published_top1(hub, monkeypatch, capsys):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    published = dataclasses.replace(pretrained.WEIGHTS["convmixer_tiny"], top1=81.37)
+    monkeypatch.setitem(pretrained.WEIGHTS, "convmixer_tiny", published)
+    args = ["evaluate", "--model", "convmixer_tiny", "--weights", "imagenet"]
+    with serve(hub["root"]) as endpoint, tfds.testing.mock_data(num_examples=8):
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        assert cli_module.main([*args, "--tfds", "imagenet2012"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("top-1 ")
+    assert lines[-1] == "published top-1 on the ImageNet-1k validation set: 0.8137"
