@@ -207,7 +207,7 @@ def test_saved_model_export_serves_any_size(tmp_path):
 
 @pytest.mark.skipif(
     BACKEND != "torch",
-    reason="ONNX from TensorFlow needs tf2onnx, which has no Erfc (exact GELU); from JAX, jax2onnx",
+    reason="tf2onnx writes TensorFlow's exact GELU (Erfc) as no ONNX op; JAX needs jax2onnx",
 )
 def test_onnx_export_from_torch_runs_in_onnx_runtime(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
