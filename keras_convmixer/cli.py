@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from importlib import resources
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -362,6 +363,49 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """A model for serving: a TensorFlow SavedModel folder (TensorFlow or JAX backend; any
+    image size) or an `.onnx` file (PyTorch backend; `--image-size`, any batch)."""
+    import keras
+
+    backend = keras.backend.backend()
+    to_onnx = args.output.endswith(".onnx")
+    if to_onnx and backend != "torch":
+        raise UserError(
+            "ONNX export runs on the PyTorch backend: add --backend torch "
+            "(tf2onnx cannot convert TensorFlow's exact GELU; JAX needs jax2onnx)"
+        )
+    if not to_onnx and backend == "torch":
+        raise UserError(
+            "Keras cannot export a SavedModel from PyTorch: add --backend tensorflow or jax, "
+            "or name an .onnx file"
+        )
+    if args.weights.endswith(".keras"):
+        model = keras.models.load_model(_existing_file(args.weights))
+    else:
+        model = build_model(args.model, args.weights)
+    if to_onnx:
+        import torch
+
+        patch = model.get_layer("stem").patch_size
+        if args.image_size < patch:
+            raise UserError(f"--image-size must be at least one patch, {patch}")
+        size = (args.image_size, args.image_size, 3)
+        spec = keras.InputSpec(shape=(None, *size), dtype="float32")
+        with warnings.catch_warnings():  # the trace is of one size: its shapes are constants
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            model.export(args.output, format="onnx", input_signature=[spec], verbose=False)
+        print(f"wrote {args.output}: images (batch, {args.image_size}, {args.image_size}, 3)")
+        return 0
+    options = {}
+    if backend == "jax":  # open sizes: no gradient; lowered for CPUs and NVIDIA GPUs
+        serialization = {"with_gradient": False, "native_serialization_platforms": ("cpu", "cuda")}
+        options["jax2tf_kwargs"] = serialization
+    model.export(args.output, format="tf_saved_model", verbose=False, **options)
+    print(f"wrote {args.output}: serve(images), images (batch, height, width, 3) of any size")
+    return 0
+
+
 def cmd_info(args) -> int:
     import keras
     import numpy as np
@@ -479,6 +523,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-tflops", type=positive_float, help="device peak, to report MFU")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.set_defaults(run=cmd_benchmark)
+
+    p = sub.add_parser(
+        "export", parents=[common], help="a SavedModel folder, or an .onnx file (torch backend)"
+    )
+    p.add_argument("output", help="a folder (TensorFlow SavedModel) or FILE.onnx")
+    p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
+    p.add_argument("--weights", default="imagenet", help="'imagenet', a weights file or a .keras")
+    p.add_argument("--image-size", type=at_least(1), default=224, help="ONNX only: fixed size")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("info", parents=[common], help="versions, backend, devices, weights cache")
     p.set_defaults(run=cmd_info)

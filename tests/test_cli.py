@@ -14,6 +14,7 @@ from conftest import BACKEND, serve, timm_convmixer
 from digits import digits_32
 from PIL import Image
 
+import keras_convmixer
 from keras_convmixer import cli as cli_module
 from keras_convmixer import pretrained, training
 
@@ -288,3 +289,36 @@ def test_evaluate_imagenet_weights_says_the_published_top1(hub, monkeypatch, cap
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2].startswith("top-1 ")
     assert lines[-1] == "published top-1 on the ImageNet-1k validation set: 0.8137"
+
+
+def test_export_gives_the_models_outputs(tiny_checkpoint, tmp_path, capsys):
+    onnx = BACKEND == "torch"
+    out = str(tmp_path / ("m.onnx" if onnx else "served"))
+    args = ["export", out, "--model", TINY, "--weights", tiny_checkpoint, "--image-size", "32"]
+    assert cli_module.main(args) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out}")
+    model = keras_convmixer.ConvMixer(16, 2, 3, 2, weights=tiny_checkpoint)
+    rng = np.random.default_rng(3)
+    if onnx:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(out)
+        run = lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]  # noqa: E731
+        shapes = [(3, 32, 32, 3)]
+    else:
+        import tensorflow as tf
+
+        served = tf.saved_model.load(out)
+        run = lambda x: served.serve(x).numpy()  # noqa: E731
+        shapes = [(3, 32, 32, 3), (1, 40, 24, 3)]
+    for shape in shapes:
+        x = rng.normal(size=shape).astype("float32")
+        np.testing.assert_allclose(run(x), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
+def test_export_names_the_backend_its_format_needs(tmp_path, capsys):
+    wrong = "served" if BACKEND == "torch" else "m.onnx"
+    assert cli_module.main(["export", str(tmp_path / wrong)]) == 2
+    needed = "--backend tensorflow or jax" if BACKEND == "torch" else "--backend torch"
+    assert needed in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / wrong)
