@@ -381,9 +381,13 @@ def cmd_export(args) -> int:
             "or name an .onnx file"
         )
     if args.weights.endswith(".keras"):
+        if args.include_preprocessing:
+            raise UserError("--include-preprocessing builds a model: not with a .keras file")
         model = keras.models.load_model(_existing_file(args.weights))
     else:
-        model = build_model(args.model, args.weights)
+        model = build_model(
+            args.model, args.weights, include_preprocessing=args.include_preprocessing
+        )
     if to_onnx:
         import torch
 
@@ -531,6 +535,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
     p.add_argument("--weights", default="imagenet", help="'imagenet', a weights file or a .keras")
     p.add_argument("--image-size", type=at_least(1), default=224, help="ONNX only: fixed size")
+    p.add_argument(
+        "--include-preprocessing",
+        action="store_true",
+        help="take RGB in [0, 255] (ImageNet normalisation inside the model)",
+    )
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("info", parents=[common], help="versions, backend, devices, weights cache")

@@ -295,7 +295,7 @@ def test_export_gives_the_models_outputs(tiny_checkpoint, tmp_path, capsys):
     onnx = BACKEND == "torch"
     out = str(tmp_path / ("m.onnx" if onnx else "served"))
     args = ["export", out, "--model", TINY, "--weights", tiny_checkpoint, "--image-size", "32"]
-    assert cli_module.main(args) == 0
+    assert cli_module.main([*args, "--include-preprocessing"]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {out}")
     model = keras_convmixer.ConvMixer(16, 2, 3, 2, weights=tiny_checkpoint)
     rng = np.random.default_rng(3)
@@ -312,8 +312,9 @@ def test_export_gives_the_models_outputs(tiny_checkpoint, tmp_path, capsys):
         run = lambda x: served.serve(x).numpy()  # noqa: E731
         shapes = [(3, 32, 32, 3), (1, 40, 24, 3)]
     for shape in shapes:
-        x = rng.normal(size=shape).astype("float32")
-        np.testing.assert_allclose(run(x), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+        pixels = rng.uniform(0, 255, size=shape).astype("float32")
+        expected = keras.ops.convert_to_numpy(model(keras_convmixer.preprocess_input(pixels)))
+        np.testing.assert_allclose(run(pixels), expected, atol=1e-6)
 
 
 def test_export_names_the_backend_its_format_needs(tmp_path, capsys):
