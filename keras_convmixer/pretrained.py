@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from keras_convmixer.layers import get_activation
-from keras_convmixer.model import VARIANTS, find_variant
+from keras_convmixer.model import VARIANTS, block_count, find_variant
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TORCH_SUFFIXES = (".pth", ".pth.tar", ".tar", ".bin", ".pt")
@@ -156,7 +156,7 @@ def assign(model: keras.Model, arrays: dict[str, np.ndarray], include_top: bool 
     A shape mismatch raises a ValueError naming the variable, both shapes, and the variant
     the arrays seem to come from.
     """
-    depth = _model_depth(model)
+    depth = block_count(model)
     mismatches, pairs = [], []
     for keras_path, _, kind in layer_table(depth):
         if keras_path == "predictions" and not include_top:
@@ -191,10 +191,6 @@ def _variant_of_arrays(arrays: dict[str, np.ndarray]) -> str | None:
         return None
     depth = len({k.split("/")[0] for k in arrays if k.startswith("block_")})
     return find_variant(stem.shape[-1], depth, depthwise.shape[0], stem.shape[0])
-
-
-def _model_depth(model: keras.Model) -> int:
-    return sum(layer.name.startswith("block_") for layer in model.layers)
 
 
 def _has_suffix(path: str, suffixes: tuple[str, ...]) -> bool:
@@ -378,7 +374,7 @@ def load_weights(model: keras.Model, weights, include_top: bool = True) -> None:
     if weights == "imagenet":
         stem = model.get_layer("stem")
         block = model.get_layer("block_0")
-        variant = find_variant(stem.dim, _model_depth(model), block.kernel_size, stem.patch_size)
+        variant = find_variant(stem.dim, block_count(model), block.kernel_size, stem.patch_size)
         assign(model, imagenet_arrays(variant), include_top)
         return
     path = str(weights)
@@ -386,7 +382,7 @@ def load_weights(model: keras.Model, weights, include_top: bool = True) -> None:
         _load_keras_weights(model, path)
         return
     state = read_state_dict(path)
-    assign(model, to_keras_arrays(state, _model_depth(model), include_top), include_top)
+    assign(model, to_keras_arrays(state, block_count(model), include_top), include_top)
 
 
 def _load_keras_weights(model: keras.Model, path: str) -> None:
