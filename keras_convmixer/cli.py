@@ -60,10 +60,10 @@ def positive_float(text: str) -> float:
 
 
 def build_model(name: str, weights: str | None, **kwargs):
-    """The named variant with `weights` ("imagenet", a path, or None)."""
+    """The named variant with `weights` ("imagenet", hf://OWNER/REPO[/FILE], a path, or None)."""
     from keras_convmixer.model import create_model
 
-    if weights not in (None, "imagenet"):
+    if weights not in (None, "imagenet") and not weights.startswith("hf://"):
         _existing_file(weights)
     return create_model(name, weights=weights, **kwargs)
 
@@ -466,7 +466,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="*", help="image files; none: the bundled sample photo")
     p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
-    p.add_argument("--weights", default="imagenet", help="'imagenet' or a weights file")
+    p.add_argument(
+        "--weights", default="imagenet", help="'imagenet', hf://OWNER/REPO[/FILE] or a file"
+    )
     p.add_argument("--top", type=at_least(1), default=5, help="classes to show per image")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_predict)
@@ -489,7 +491,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common, data_args], help="train or fine-tune")
     p.add_argument("--model", default="convmixer_256_8", help=MODEL_HELP)
-    p.add_argument("--weights", help="start from 'imagenet' or a weights file")
+    p.add_argument("--weights", help="start from 'imagenet', hf://OWNER/REPO[/FILE] or a file")
     p.add_argument("--output", required=True, help="folder for checkpoints, logs and the model")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", help="default: val (folders), test or validation (tfds)")
@@ -502,7 +504,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", parents=[common, data_args], help="top-1 / top-5 accuracy")
     p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
-    p.add_argument("--weights", default="imagenet", help="'imagenet', a weights file or a .keras")
+    p.add_argument(
+        "--weights", default="imagenet", help="'imagenet', hf://OWNER/REPO[/FILE], a file, a .keras"
+    )
     p.add_argument("--split", help="default: val (folders), test or validation (tfds)")
     p.add_argument(
         "--compare-policy",
@@ -533,7 +537,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("output", help="a folder (TensorFlow SavedModel) or FILE.onnx")
     p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
-    p.add_argument("--weights", default="imagenet", help="'imagenet', a weights file or a .keras")
+    p.add_argument(
+        "--weights", default="imagenet", help="'imagenet', hf://OWNER/REPO[/FILE], a file, a .keras"
+    )
     p.add_argument("--image-size", type=at_least(1), default=224, help="ONNX only: fixed size")
     p.add_argument(
         "--include-preprocessing",

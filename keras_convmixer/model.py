@@ -150,8 +150,10 @@ def ConvMixer(
         activation: str or callable. Defaults to `"gelu"` (exact, erf form).
         include_top: bool. Whether to end with the classifier. Defaults to True.
         weights: `None` (random), `"imagenet"` (the published checkpoint of the variant with
-            this shape), or the path of a weights file: Keras `.weights.h5`/`.keras`, timm
-            `.safetensors`, or PyTorch `.pth`/`.pth.tar`/`.bin` (needs torch). Defaults to None.
+            this shape), the path of a weights file: Keras `.weights.h5`/`.keras`, timm
+            `.safetensors`, or PyTorch `.pth`/`.pth.tar`/`.bin` (needs torch), or such a file
+            on the Hugging Face Hub, `"hf://OWNER/REPO[/FILE]"` (FILE defaults to
+            `model.safetensors`, timm's). Defaults to None.
         input_tensor: optional Keras tensor to use as the model's input.
         input_shape: optional `(height, width, channels)` (`(channels, height, width)` for
             channels_first); height and width may be None. Defaults to `(None, None, 3)`.

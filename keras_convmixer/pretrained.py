@@ -248,6 +248,42 @@ def checkpoint_url(variant: str) -> str:
     return f"{endpoint}/timm/{checkpoint.repo}/resolve/main/{checkpoint.filename}"
 
 
+HUB_ADDRESS = re.compile(r"hf://([\w.-]+)/([\w.-]+)(?:/([\w./-]+))?")
+
+
+def hub_url(address: str) -> tuple[str, str]:
+    """(URL, cache path) of `hf://OWNER/REPO[/FILE]` (FILE defaults to `model.safetensors`),
+    on the hub's main revision, honouring `HF_ENDPOINT`."""
+    match = HUB_ADDRESS.fullmatch(address)
+    if not match:
+        raise ValueError(
+            "weights on the Hugging Face Hub are named hf://OWNER/REPO or hf://OWNER/REPO/FILE "
+            f"(FILE defaults to model.safetensors). Received: weights={address!r}"
+        )
+    owner, repo, filename = match.group(1), match.group(2), match.group(3) or "model.safetensors"
+    endpoint = os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+    url = f"{endpoint}/{owner}/{repo}/resolve/main/{filename}"
+    return url, os.path.join(cache_dir(), "hub", owner, repo, filename)
+
+
+def hub_file(address: str) -> str:
+    """The local copy of a checkpoint on the hub (`hf://OWNER/REPO[/FILE]`), downloaded once
+    into the cache (delete it there to fetch it again). No hash is published for it: its
+    structure is checked when it loads."""
+    url, path = hub_url(address)
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.replace(_fetch(url, path), path)
+    except Exception as error:
+        raise OSError(
+            f"Could not download {address} from {url} ({error}). Pass weights=PATH to a local "
+            "copy, or set HF_ENDPOINT to a reachable mirror."
+        ) from None
+    return path
+
+
 def converted_path(variant: str) -> str:
     return os.path.join(cache_dir(), f"{WEIGHTS[variant].repo}.npz")
 
@@ -260,15 +296,25 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _fetch(url: str, near: str) -> str:
+    """Downloads `url` to a private temporary name beside the path `near` (removed again if
+    the download fails), so that concurrent or interrupted downloads never meet."""
+    part = f"{near}.{uuid.uuid4().hex}.part"
+    try:
+        folder, name = os.path.split(part)
+        keras.utils.get_file(name, url, cache_dir=folder, cache_subdir="")
+    except BaseException:
+        _remove(part)
+        raise
+    return part
+
+
 def _download(variant: str) -> str:
     """Downloads the checkpoint to a private temporary name in the cache, verified."""
     checkpoint, url = WEIGHTS[variant], checkpoint_url(variant)
-    part = f"{checkpoint.repo}.{uuid.uuid4().hex}.part"
-    target = os.path.join(cache_dir(), part)
     try:
-        keras.utils.get_file(part, url, cache_dir=os.path.dirname(target), cache_subdir="")
+        target = _fetch(url, os.path.join(cache_dir(), checkpoint.repo))
     except Exception as error:
-        _remove(target)
         raise OSError(
             f"Could not download the ImageNet weights of {variant} from {url} ({error}). "
             "Pass weights=PATH (--weights PATH on the command line) to a local checkpoint "
@@ -335,11 +381,14 @@ def check_weights_argument(
     """Validates `weights` against the model arguments before anything is built."""
     if weights is None:
         return
+    if isinstance(weights, str) and weights.startswith("hf://"):
+        hub_url(weights)  # the address is checked; the download waits for the model
+        return
     if weights != "imagenet":
         if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(weights):
             raise ValueError(
-                "weights must be None, 'imagenet', or the path of an existing weights file. "
-                f"Received: weights={weights!r}"
+                "weights must be None, 'imagenet', hf://OWNER/REPO[/FILE], or the path of an "
+                f"existing weights file. Received: weights={weights!r}"
             )
         return
     variant = find_variant(dim, depth, kernel_size, patch_size)
@@ -368,7 +417,8 @@ def check_weights_argument(
 
 
 def load_weights(model: keras.Model, weights, include_top: bool = True) -> None:
-    """Loads `weights` (None, "imagenet" or a path) into a model built by `ConvMixer`."""
+    """Loads `weights` (None, "imagenet", a hub address or a path) into a model built by
+    `ConvMixer`."""
     if weights is None:
         return
     if weights == "imagenet":
@@ -377,7 +427,7 @@ def load_weights(model: keras.Model, weights, include_top: bool = True) -> None:
         variant = find_variant(stem.dim, block_count(model), block.kernel_size, stem.patch_size)
         assign(model, imagenet_arrays(variant), include_top)
         return
-    path = str(weights)
+    path = hub_file(weights) if str(weights).startswith("hf://") else str(weights)
     if _has_suffix(path, KERAS_SUFFIXES):
         _load_keras_weights(model, path)
         return

@@ -3,6 +3,7 @@ against a loopback HTTP server."""
 
 import argparse
 import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -262,6 +263,39 @@ def test_imagenet_rules(hub):
     with pytest.raises(ValueError, match="weights='imagenet' exists for"):
         keras_convmixer.ConvMixer(16, 2, 5, 7, weights="imagenet")
     assert cache_files() == []
+
+
+def test_hub_addresses_download_once_and_load(hub, monkeypatch):
+    """`hf://OWNER/REPO` (timm's model.safetensors) and `hf://OWNER/REPO/FILE`, e.g. a
+    fine-tuned 10-class checkpoint saved by torch."""
+    tuned = timm_convmixer(16, 2, 3, 7, classes=10, seed=4)
+    folder = hub["root"] / "someone" / "convmixer-digits" / "resolve" / "main"
+    folder.mkdir(parents=True)
+    torch.save(tuned.state_dict(), folder / "pytorch_model.bin")
+    x = random_images(16)
+    build = functools.partial(keras_convmixer.ConvMixer, 16, 2, 3, 7, classifier_activation=None)
+    with serve(hub["root"]) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        published = build(weights="hf://timm/convmixer_tiny.in1k")
+        digits = build(weights="hf://someone/convmixer-digits/pytorch_model.bin", classes=10)
+    assert logits_deviation(published, hub["reference"], x) <= 1e-4
+    assert logits_deviation(digits, tuned, x) <= 1e-4
+    hub_cache = os.path.join(pretrained.cache_dir(), "hub")
+    assert sorted(os.listdir(os.path.join(hub_cache, "someone", "convmixer-digits"))) == [
+        "pytorch_model.bin"
+    ]
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # server gone: the cache serves
+    again = build(weights="hf://timm/convmixer_tiny.in1k")
+    np.testing.assert_array_equal(to_numpy(again(x)), to_numpy(published(x)))
+
+
+def test_hub_address_errors(hub, monkeypatch):
+    with pytest.raises(ValueError, match="named hf://OWNER/REPO or hf://OWNER/REPO/FILE"):
+        keras_convmixer.ConvMixer(16, 2, 3, 7, weights="hf://just-a-name")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(OSError, match="Could not download hf://timm/nothing-here from http"):
+        keras_convmixer.ConvMixer(16, 2, 3, 7, weights="hf://timm/nothing-here")
+    assert os.listdir(os.path.join(pretrained.cache_dir(), "hub", "timm", "nothing-here")) == []
 
 
 def test_checkpoint_url_honours_hf_endpoint(monkeypatch):
