@@ -255,7 +255,8 @@ def hub_url(address: str) -> tuple[str, str]:
     """(URL, cache path) of `hf://OWNER/REPO[/FILE]` (FILE defaults to `model.safetensors`),
     on the hub's main revision, honouring `HF_ENDPOINT`."""
     match = HUB_ADDRESS.fullmatch(address)
-    if not match:
+    names = address[len("hf://") :].split("/")
+    if not match or any(name in ("", ".", "..") for name in names):
         raise ValueError(
             "weights on the Hugging Face Hub are named hf://OWNER/REPO or hf://OWNER/REPO/FILE "
             f"(FILE defaults to model.safetensors). Received: weights={address!r}"
@@ -300,8 +301,8 @@ def _fetch(url: str, near: str) -> str:
     """Downloads `url` to a private temporary name beside the path `near` (removed again if
     the download fails), so that concurrent or interrupted downloads never meet."""
     part = f"{near}.{uuid.uuid4().hex}.part"
+    folder, name = os.path.split(part)
     try:
-        folder, name = os.path.split(part)
         keras.utils.get_file(name, url, cache_dir=folder, cache_subdir="")
     except BaseException:
         _remove(part)

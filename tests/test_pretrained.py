@@ -290,8 +290,9 @@ def test_hub_addresses_download_once_and_load(hub, monkeypatch):
 
 
 def test_hub_address_errors(hub, monkeypatch):
-    with pytest.raises(ValueError, match="named hf://OWNER/REPO or hf://OWNER/REPO/FILE"):
-        keras_convmixer.ConvMixer(16, 2, 3, 7, weights="hf://just-a-name")
+    for address in ("hf://just-a-name", "hf://owner/repo/../../outside", "hf://a/b/"):
+        with pytest.raises(ValueError, match="named hf://OWNER/REPO or hf://OWNER/REPO/FILE"):
+            keras_convmixer.ConvMixer(16, 2, 3, 7, weights=address)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(OSError, match="Could not download hf://timm/nothing-here from http"):
         keras_convmixer.ConvMixer(16, 2, 3, 7, weights="hf://timm/nothing-here")
