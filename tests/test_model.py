@@ -371,7 +371,10 @@ VALIDATION = [
     ({"input_shape": (4, 32, 3)}, "input_shape must be at least one patch"),
     ({"data_format": "NHWC"}, "data_format must be 'channels_last' or 'channels_first'"),
     ({"depthwise_impl": "fft"}, "depthwise_impl must be 'auto', 'native' or 'shift'"),
-    ({"weights": "/no/such/file.weights.h5"}, "weights must be None, 'imagenet', or the path"),
+    (
+        {"weights": "/no/such/file.weights.h5"},
+        r"weights must be None, 'imagenet', hf://OWNER/REPO\[/FILE\], or the path",
+    ),
 ]
 
 
