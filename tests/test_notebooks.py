@@ -13,7 +13,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examp
 
 
 # Each notebook runs once, on a backend of its own (the kernel inherits KERAS_BACKEND).
-NOTEBOOK_BACKENDS = {"cifar10_transfer_learning": "torch", "cifar10_from_scratch": "jax"}
+NOTEBOOK_BACKENDS = {"cifar10_transfer_learning": "torch", "cifar10_from_scratch": "tensorflow"}
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_BACKENDS)
