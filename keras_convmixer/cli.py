@@ -62,8 +62,9 @@ def positive_float(text: str) -> float:
 def build_model(name: str, weights: str | None, **kwargs):
     """The named variant with `weights` ("imagenet", hf://OWNER/REPO[/FILE], a path, or None)."""
     from keras_convmixer.model import create_model
+    from keras_convmixer.pretrained import is_hub_address
 
-    if weights not in (None, "imagenet") and not weights.startswith("hf://"):
+    if weights not in (None, "imagenet") and not is_hub_address(weights):
         _existing_file(weights)
     return create_model(name, weights=weights, **kwargs)
 

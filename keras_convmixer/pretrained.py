@@ -251,6 +251,11 @@ def checkpoint_url(variant: str) -> str:
 HUB_ADDRESS = re.compile(r"hf://([\w.-]+)/([\w.-]+)(?:/([\w./-]+))?")
 
 
+def is_hub_address(weights) -> bool:
+    """Whether a `weights` argument names a file on the Hugging Face Hub (`hf://…`)."""
+    return isinstance(weights, str) and weights.startswith("hf://")
+
+
 def hub_url(address: str) -> tuple[str, str]:
     """(URL, cache path) of `hf://OWNER/REPO[/FILE]` (FILE defaults to `model.safetensors`),
     on the hub's main revision, honouring `HF_ENDPOINT`."""
@@ -382,7 +387,7 @@ def check_weights_argument(
     """Validates `weights` against the model arguments before anything is built."""
     if weights is None:
         return
-    if isinstance(weights, str) and weights.startswith("hf://"):
+    if is_hub_address(weights):
         hub_url(weights)  # the address is checked; the download waits for the model
         return
     if weights != "imagenet":
@@ -428,7 +433,7 @@ def load_weights(model: keras.Model, weights, include_top: bool = True) -> None:
         variant = find_variant(stem.dim, block_count(model), block.kernel_size, stem.patch_size)
         assign(model, imagenet_arrays(variant), include_top)
         return
-    path = hub_file(weights) if str(weights).startswith("hf://") else str(weights)
+    path = hub_file(weights) if is_hub_address(weights) else str(weights)
     if _has_suffix(path, KERAS_SUFFIXES):
         _load_keras_weights(model, path)
         return
