@@ -110,22 +110,57 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_convert(args) -> int:
-    from keras_convmixer.pretrained import sha256
+def saved_model(path: str | None):
+    """The model saved in a `.keras` file, or None when `path` names anything else."""
+    if not (path and path.endswith(".keras")):
+        return None
+    import keras
 
-    model = build_model(args.model, args.checkpoint, classifier_activation=None)
-    if not args.output.endswith(".weights.h5"):
-        raise UserError(f"the output must end in .weights.h5; received {args.output}")
-    model.save_weights(args.output)
-    print(f"wrote {args.output}  sha256 {sha256(args.output)}")
+    return keras.models.load_model(_existing_file(path))
+
+
+def cmd_convert(args) -> int:
+    """timm/PyTorch checkpoint → Keras `.weights.h5`, or any ConvMixer → timm's format."""
+    from keras_convmixer.pretrained import TORCH_SUFFIXES, save_timm, sha256
+
+    to_keras = args.output.endswith(".weights.h5")
+    to_file = args.output.endswith(".safetensors")
+    if not (to_keras or to_file or "." not in os.path.basename(args.output.rstrip("/"))):
+        raise UserError(
+            "the output must be FILE.weights.h5 (Keras), FILE.safetensors (timm's state dict) "
+            f"or a folder (timm's Hugging Face layout); received {args.output}"
+        )
+    model = saved_model(args.source)
+    if model is not None and (args.model or args.classes):
+        raise UserError("--model and --classes build a model: not with a .keras source")
+    if model is None:
+        if not args.model:
+            raise UserError(f"--model is needed to read {args.source} (all but .keras files)")
+        classes = {"classes": args.classes} if args.classes else {}
+        model = build_model(args.model, args.source, classifier_activation=None, **classes)
+    if to_keras:
+        model.save_weights(args.output)
+        written = [args.output]
+    else:
+        written = save_timm(model, args.output, label_names=_read_classes(args))
+    for path in written:
+        print(f"wrote {path}  sha256 {sha256(path)}")
+    if not to_keras and len(written) == 1 and not to_file:
+        print("no config.json: timm has no registered architecture of this shape; build")
+        print("timm.models.convmixer.ConvMixer(...) with its arguments and load_state_dict()")
     if args.compare_timm:
-        deviation = compare_with_timm(model, args.checkpoint)
-        print(f"max |logit difference| against timm on random input: {deviation:.3e}")
+        reference = args.source if to_keras else written[0]
+        if not reference.lower().endswith((".safetensors", *TORCH_SUFFIXES)):
+            raise UserError("--compare-timm needs a timm/PyTorch checkpoint as source or output")
+        deviation = compare_with_timm(model, reference)
+        print(f"max |output difference| against timm on random input: {deviation:.3e}")
     return 0
 
 
 def compare_with_timm(model, checkpoint: str) -> float:
-    """Max logit deviation between `model` and timm's ConvMixer loaded from `checkpoint`."""
+    """Max output deviation between `model` (channels-last, with its classifier) and timm's
+    ConvMixer loaded from `checkpoint`, the model's classifier activation applied to timm's."""
+    import keras
     import numpy as np
 
     try:
@@ -134,20 +169,27 @@ def compare_with_timm(model, checkpoint: str) -> float:
     except Exception as error:  # timm missing, or a torchvision that does not import
         raise UserError(f"--compare-timm needs torch and timm: {error}") from None
     from keras_convmixer.benchmark import timm_convmixer
+    from keras_convmixer.model import block_count
     from keras_convmixer.pretrained import read_state_dict, timm_layout
 
     stem, block = model.get_layer("stem"), model.get_layer("block_0")
-    depth = sum(layer.name.startswith("block_") for layer in model.layers)
-    activation, classes = block.get_config()["activation"], model.output_shape[-1]
+    head = model.get_layer("predictions")
     reference = timm_convmixer(
-        stem.dim, depth, block.kernel_size, stem.patch_size, activation, classes
+        stem.dim,
+        block_count(model),
+        block.kernel_size,
+        stem.patch_size,
+        block.get_config()["activation"],
+        head.units,
     )
     state = {k: torch.from_numpy(v) for k, v in timm_layout(read_state_dict(checkpoint)).items()}
     reference.load_state_dict(state)
-    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype("float32")
+    height, width = (d if isinstance(d, int) else 224 for d in model.input_shape[1:3])
+    x = np.random.default_rng(0).normal(size=(2, 3, height, width)).astype("float32")
     with torch.no_grad():
-        expected = reference.eval()(torch.from_numpy(x)).numpy()
-    ours = model.predict(x.transpose(0, 2, 3, 1), verbose=0)
+        logits = reference.eval()(torch.from_numpy(x)).numpy()
+    expected = keras.ops.convert_to_numpy(head.activation(logits))
+    ours = keras.ops.convert_to_numpy(model.predict(x.transpose(0, 2, 3, 1), verbose=0))
     return float(np.max(np.abs(ours - expected)))
 
 
@@ -334,9 +376,8 @@ def cmd_evaluate(args) -> int:
     recipe = recipe_from_args(args)
     source, classes = load_data(args, args.split or _default_val_split(args))
     count = _class_count(classes)
-    if args.weights.endswith(".keras"):
-        model = keras.models.load_model(_existing_file(args.weights))
-    else:
+    model = saved_model(args.weights)
+    if model is None:
         model = classifier_model(args.model, args.weights, count, recipe.image_size)
     if model.output_shape[-1] != count:
         raise UserError(f"the model has {model.output_shape[-1]} classes, the data {count}")
@@ -381,11 +422,10 @@ def cmd_export(args) -> int:
             "Keras cannot export a SavedModel from PyTorch: add --backend tensorflow or jax, "
             "or name an .onnx file"
         )
-    if args.weights.endswith(".keras"):
-        if args.include_preprocessing:
-            raise UserError("--include-preprocessing builds a model: not with a .keras file")
-        model = keras.models.load_model(_existing_file(args.weights))
-    else:
+    if args.include_preprocessing and args.weights.endswith(".keras"):
+        raise UserError("--include-preprocessing builds a model: not with a .keras file")
+    model = saved_model(args.weights)
+    if model is None:
         model = build_model(
             args.model, args.weights, include_preprocessing=args.include_preprocessing
         )
@@ -474,11 +514,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_predict)
 
-    p = sub.add_parser("convert", parents=[common], help="convert a timm/PyTorch checkpoint")
-    p.add_argument("checkpoint", help=".safetensors, .pth, .pth.tar or .bin")
-    p.add_argument("output", help="the Keras .weights.h5 to write")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--compare-timm", action="store_true", help="report max logit deviation vs timm")
+    p = sub.add_parser(
+        "convert", parents=[common], help="timm/PyTorch checkpoint → Keras, or Keras → timm"
+    )
+    p.add_argument(
+        "source",
+        help="a timm/PyTorch checkpoint (.safetensors, .pth, .pth.tar, .bin), a .weights.h5, "
+        "or a .keras model",
+    )
+    p.add_argument(
+        "output",
+        help="FILE.weights.h5 (Keras), FILE.safetensors (timm's state dict), or a folder "
+        "(timm's Hugging Face layout: model.safetensors, config.json)",
+    )
+    p.add_argument("--model", help=f"{MODEL_HELP} (not with a .keras source)")
+    p.add_argument("--classes", type=at_least(1), help="classifier size; default: the variant's")
+    p.add_argument("--classes-file", help="JSON list of class names for config.json")
+    p.add_argument("--compare-timm", action="store_true", help="max output difference vs timm")
     p.set_defaults(run=cmd_convert)
 
     data_args = argparse.ArgumentParser(add_help=False)

@@ -4,6 +4,7 @@ Conversion needs NumPy only for timm's `.safetensors`; PyTorch `.pth`/`.pth.tar`
 need torch. Checkpoints may use timm's key layout (`stem.0.weight`, `blocks.3.0.fn.0.weight`,
 `head.weight`) or the original repository's `nn.Sequential` numbering (`0.weight`,
 `6.0.fn.0.weight`, `{depth + 5}.weight`), with or without DataParallel's `module.` prefix.
+`save_timm` goes the other way, for sharing a model trained here with timm users.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import uuid
@@ -19,6 +21,7 @@ import uuid
 import keras
 import numpy as np
 
+from keras_convmixer import imagenet
 from keras_convmixer.layers import get_activation
 from keras_convmixer.model import VARIANTS, block_count, find_variant
 
@@ -161,9 +164,7 @@ def assign(model: keras.Model, arrays: dict[str, np.ndarray], include_top: bool 
     for keras_path, _, kind in layer_table(depth):
         if keras_path == "predictions" and not include_top:
             continue
-        owner, _, sub = keras_path.partition("/")
-        layer = model.get_layer(owner)
-        layer = getattr(layer, sub) if sub else layer
+        layer = _layer_at(model, keras_path)
         for attribute, _, _ in PORTS[kind]:
             variable = getattr(layer, attribute)
             value = arrays[f"{keras_path}/{attribute}"]
@@ -183,6 +184,112 @@ def assign(model: keras.Model, arrays: dict[str, np.ndarray], include_top: bool 
         )
     for variable, value in pairs:
         variable.assign(value)
+
+
+def _layer_at(model: keras.Model, keras_path: str) -> keras.layers.Layer:
+    owner, _, sub = keras_path.partition("/")
+    layer = model.get_layer(owner)
+    return getattr(layer, sub) if sub else layer
+
+
+def has_classifier(model: keras.Model) -> bool:
+    return any(layer.name == "predictions" for layer in model.layers)
+
+
+def timm_state_dict(model: keras.Model) -> dict[str, np.ndarray]:
+    """The model's weights as a timm `ConvMixer` state dict: NumPy arrays in PyTorch's layouts
+    and timm's names, the inverse of `to_keras_arrays`. No `head` for a model without one."""
+    state = {}
+    for keras_path, prefix, kind in layer_table(block_count(model)):
+        if keras_path == "predictions" and not has_classifier(model):
+            continue
+        layer = _layer_at(model, keras_path)
+        for attribute, tensor, transpose in PORTS[kind]:
+            value = np.asarray(keras.ops.convert_to_numpy(getattr(layer, attribute)), "float32")
+            if transpose:
+                value = np.ascontiguousarray(value.transpose(np.argsort(transpose)))
+            state[f"{prefix}.{tensor}"] = value
+        if kind == "batchnorm":  # PyTorch's BatchNorm2d keeps a step count; strict loads need it
+            state[f"{prefix}.num_batches_tracked"] = np.zeros((), "int64")
+    return state
+
+
+def timm_architecture(model: keras.Model) -> str | None:
+    """timm's registered name for the model's shape and activation (the architectures with
+    published weights), or None."""
+    stem, block = model.get_layer("stem"), model.get_layer("block_0")
+    variant = find_variant(stem.dim, block_count(model), block.kernel_size, stem.patch_size)
+    if variant not in WEIGHTS:
+        return None
+    if get_activation(block.activation) is not get_activation(VARIANTS[variant].activation):
+        return None
+    return WEIGHTS[variant].repo.split(".")[0]
+
+
+def save_timm(
+    model: keras.Model,
+    path: str | os.PathLike,
+    label_names: list[str] | None = None,
+    data_config: dict | None = None,
+) -> list[str]:
+    """Writes the model's weights for timm (and `weights="hf://…"`); returns the files written.
+
+    `path` ending in `.safetensors`: that file, timm's state dict. Otherwise a folder in
+    timm's Hugging Face Hub layout, ready to upload: `model.safetensors`, plus `config.json`
+    when timm has the architecture (`timm_architecture`), so that
+    `timm.create_model("hf-hub:OWNER/REPO")` builds and loads it. `label_names` (in class
+    order) and `data_config` (timm's `input_size`, `mean`, `std`, `crop_pct`,
+    `interpolation`; ConvMixer's ImageNet evaluation by default) go into `config.json`.
+    """
+    from safetensors.numpy import save_file
+
+    path = str(path)
+    state = timm_state_dict(model)
+    if _has_suffix(path, (".safetensors",)):
+        save_file(state, path)
+        return [path]
+    os.makedirs(path, exist_ok=True)
+    weights_file = os.path.join(path, "model.safetensors")
+    save_file(state, weights_file)
+    architecture = timm_architecture(model)
+    if architecture is None:
+        return [weights_file]
+    classes = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
+    if label_names is not None and len(label_names) != classes:
+        raise ValueError(
+            f"label_names must name each of the model's {classes} classes. "
+            f"Received {len(label_names)} names."
+        )
+    channels = int(state["stem.0.weight"].shape[1])
+    shape = model.input_shape[1:]
+    spatial = shape[:2] if model.get_layer("stem").data_format == "channels_last" else shape[1:]
+    size = list(spatial) if all(isinstance(d, int) for d in spatial) else [224, 224]
+    pretrained_cfg = {
+        "input_size": [channels, *size],
+        "interpolation": "bicubic",
+        "crop_pct": 0.96,
+        "mean": list(imagenet.MEAN),
+        "std": list(imagenet.STD),
+        "num_classes": classes,
+        "first_conv": "stem.0",
+        "classifier": "head",
+        **(data_config or {}),
+    }
+    config = {
+        "architecture": architecture,
+        "num_classes": classes,
+        "num_features": int(state["stem.0.weight"].shape[0]),
+        "global_pool": "avg",
+        "pretrained_cfg": pretrained_cfg,
+    }
+    if channels != 3:
+        config["model_args"] = {"in_chans": channels}
+    if label_names is not None:
+        config["label_names"] = list(label_names)
+    config_file = os.path.join(path, "config.json")
+    with open(config_file, "w") as f:
+        json.dump(config, f, indent=2)
+    return [weights_file, config_file]
 
 
 def _variant_of_arrays(arrays: dict[str, np.ndarray]) -> str | None:

@@ -10,7 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, serve, timm_convmixer
+from conftest import BACKEND, serve, small_model, timm_convmixer
 from digits import digits_32
 from PIL import Image
 
@@ -88,6 +88,49 @@ def test_convert_writes_keras_weights_with_the_same_outputs(tiny_checkpoint, tmp
     np.testing.assert_allclose(
         np.asarray(a.predict(x, verbose=0)), np.asarray(b.predict(x, verbose=0)), atol=1e-6
     )
+
+
+def test_convert_a_keras_model_to_timm(tmp_path):
+    """`convert MODEL.keras FOLDER`, e.g. what `train` saved, in timm's layout."""
+    from safetensors.numpy import load_file
+    from timm_shim import import_timm
+
+    model = small_model(input_shape=(16, 16, 3), classifier_activation="softmax")
+    source = tmp_path / "model.keras"
+    model.save(source)
+    out = tmp_path / "timm"
+    result = cli("convert", str(source), str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"wrote {out / 'model.safetensors'}  sha256 " in result.stdout
+    assert "no config.json: timm has no registered architecture" in result.stdout
+    assert os.listdir(out) == ["model.safetensors"]
+    written, expected = load_file(out / "model.safetensors"), pretrained.timm_state_dict(model)
+    assert sorted(written) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(written[key], value, err_msg=key)
+    assert import_timm() is not None
+    # --compare-timm's check, with the model's softmax applied to timm's logits
+    assert cli_module.compare_with_timm(model, str(out / "model.safetensors")) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["x.safetensors", "o.h5", "--model", TINY], "the output must be FILE.weights.h5"),
+        (["m.keras", "o.safetensors", "--model", TINY], "--model and --classes build a model"),
+        (["m.keras", "o.safetensors", "--classes", "3"], "--model and --classes build a model"),
+        (["x.safetensors", "o.weights.h5"], "--model is needed to read x.safetensors"),
+        (["m.weights.h5", "o.weights.h5", "--compare-timm"], "needs a timm/PyTorch checkpoint"),
+    ],
+)
+def test_convert_refuses_what_it_cannot_do(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    small_model(input_shape=(16, 16, 3)).save("m.keras")
+    keras_convmixer.ConvMixer(16, 2, 3, 2).save_weights("m.weights.h5")
+    if "--compare-timm" in args:
+        args = [*args, "--model", TINY]
+    assert cli_module.main(["convert", *args]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_user_errors_print_one_line(tmp_path, tiny_checkpoint):

@@ -12,7 +12,8 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from conftest import save_safetensors, serve, timm_convmixer, to_numpy
+from conftest import randomize, save_safetensors, serve, timm_convmixer, to_numpy
+from timm_shim import import_timm
 
 import keras_convmixer
 from keras_convmixer import pretrained
@@ -308,3 +309,77 @@ def test_checkpoint_url_honours_hf_endpoint(monkeypatch):
     assert pretrained.checkpoint_url("convmixer_1024_20").startswith(
         "http://mirror.example/timm/convmixer_1024_20_ks9_p14.in1k/"
     )
+
+
+# --- Keras → timm ----------------------------------------------------------------------------
+
+
+def timm_outputs(reference, x):
+    with torch.no_grad():
+        return reference.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+
+
+@pytest.mark.parametrize("include_top", [True, False])
+def test_timm_state_dict_loads_strictly_into_timm_and_back(tmp_path, include_top):
+    from safetensors.torch import load_file
+
+    ConvMixer = import_timm().models.convmixer.ConvMixer  # noqa: N806
+
+    head = {"classes": 7} if include_top else {"include_top": False, "pooling": "avg"}
+    model = randomize(
+        keras_convmixer.ConvMixer(16, 2, 3, 2, "relu", classifier_activation=None, **head)
+    )
+    path = str(tmp_path / "model.safetensors")
+    assert pretrained.save_timm(model, path) == [path]
+    reference = ConvMixer(16, 2, 3, 2, num_classes=7 if include_top else 0, act_layer=torch.nn.ReLU)
+    reference.load_state_dict(load_file(path), strict=True)
+    x = random_images(16)
+    assert np.max(np.abs(to_numpy(model.predict(x, verbose=0)) - timm_outputs(reference, x))) < 1e-5
+    back = keras_convmixer.ConvMixer(
+        16, 2, 3, 2, "relu", classifier_activation=None, weights=path, **head
+    )
+    for ours, theirs in zip(model.weights, back.weights, strict=True):
+        np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs), err_msg=ours.path)
+
+
+def test_hub_folder_builds_in_timm_and_loads_from_the_hub(tmp_path, monkeypatch):
+    """A folder in timm's hub layout: `timm.create_model` builds and loads it from its
+    config.json; uploaded, `weights="hf://OWNER/REPO"` loads it."""
+    timm = import_timm()
+    model = randomize(
+        keras_convmixer.ConvMixer1024_20(
+            classes=3, input_shape=(56, 56, 3), classifier_activation=None
+        )
+    )
+    folder = tmp_path / "hub" / "someone" / "convmixer-flowers" / "resolve" / "main"
+    names = ["daisy", "rose", "tulip"]
+    written = pretrained.save_timm(model, folder, label_names=names)
+    assert [os.path.basename(f) for f in written] == ["model.safetensors", "config.json"]
+    reference = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert reference.pretrained_cfg["label_names"] == names
+    assert tuple(reference.pretrained_cfg["input_size"]) == (3, 56, 56)
+    assert reference.pretrained_cfg["crop_pct"] == 0.96
+    x = random_images(56)
+    expected = timm_outputs(reference, x)
+    assert np.max(np.abs(to_numpy(model.predict(x, verbose=0)) - expected)) < 1e-4
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    with serve(tmp_path / "hub") as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        loaded = keras_convmixer.ConvMixer1024_20(
+            classes=3, classifier_activation=None, weights="hf://someone/convmixer-flowers"
+        )
+    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
+
+
+def test_config_json_only_where_timm_has_the_architecture(tmp_path):
+    relu_1536 = keras_convmixer.ConvMixer(1536, 20, 9, 7, "relu", input_shape=(7, 7, 3))
+    other = keras_convmixer.ConvMixer(16, 2, 3, 2)
+    assert pretrained.timm_architecture(relu_1536) is None  # timm's 1536/20 is GELU
+    assert pretrained.timm_architecture(other) is None
+    assert pretrained.save_timm(other, tmp_path / "other") == [
+        str(tmp_path / "other" / "model.safetensors")
+    ]
+    registered = keras_convmixer.ConvMixer768_32(classes=2, input_shape=(7, 7, 3))
+    assert pretrained.timm_architecture(registered) == "convmixer_768_32"
+    with pytest.raises(ValueError, match="label_names must name each of the model's 2 classes"):
+        pretrained.save_timm(registered, tmp_path / "registered", label_names=["cat"])

@@ -1,4 +1,5 @@
-"""Converts a ConvMixer checkpoint (timm .safetensors, or the original .pth.tar) to Keras.
+"""Converts a ConvMixer checkpoint (timm .safetensors, or the original .pth.tar) to Keras, or
+a Keras model to timm's format (a .safetensors file or a Hub folder).
 
     python weights/convert.py CHECKPOINT OUT.weights.h5 --model convmixer_1536_20 [--compare-timm]
 
