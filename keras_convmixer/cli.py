@@ -88,25 +88,45 @@ def sample_image_path() -> str:
 
 
 def cmd_predict(args) -> int:
+    """Top classes of each image: ImageNet's for 1000 outputs, else the `--classes-file` names
+    (for a `.keras` model, the `classes.json` that `train` wrote beside it)."""
     import numpy as np
 
-    from keras_convmixer.imagenet import decode_predictions, eval_transform, preprocess_input
+    from keras_convmixer.imagenet import decode_predictions, eval_transform
 
+    recipe = recipe_from_args(args)
     paths = args.images or [sample_image_path()]
-    batch = np.stack([eval_transform(read_image(p)) for p in paths])
-    model = build_model(args.model, args.weights)
-    probs = model.predict(preprocess_input(batch), verbose=0)
-    results = {
-        path: [{"wnid": w, "label": label, "score": round(s, 6)} for w, label, s in row]
-        for path, row in zip(paths, decode_predictions(probs, top=args.top), strict=True)
-    }
+    size, crop = recipe.image_size, recipe.crop_pct
+    images = np.stack([eval_transform(read_image(p), size, crop) for p in paths]) / 255.0
+    model = saved_model(args.weights)
+    if model is None:
+        model = build_model(args.model, args.weights)
+    mean, std = (np.asarray(v, "float32") for v in (recipe.mean, recipe.std))
+    probs = np.asarray(model.predict((images - mean) / std, verbose=0))
+    names = _read_classes(args)
+    if names is not None and len(names) != probs.shape[-1]:
+        raise UserError(f"{len(names)} class names for a model of {probs.shape[-1]} classes")
+    if names is None and probs.shape[-1] == 1000:
+        rows = [
+            [{"wnid": w, "label": label, "score": round(s, 6)} for w, label, s in row]
+            for row in decode_predictions(probs, top=args.top)
+        ]
+    else:
+        names = names or [f"class {i}" for i in range(probs.shape[-1])]
+        top = np.argsort(-probs, axis=-1, kind="stable")[:, : args.top]
+        rows = [
+            [{"label": names[i], "score": round(float(p[i]), 6)} for i in order]
+            for p, order in zip(probs, top, strict=True)
+        ]
+    results = dict(zip(paths, rows, strict=True))
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    for path, rows in results.items():
-        print(f"{os.path.basename(path)}  ({args.model}, {args.weights})")
-        for rank, row in enumerate(rows, 1):
-            print(f"  {rank}. {row['label']:<28} {row['wnid']}  {row['score']:7.2%}")
+    for path, found in results.items():
+        print(f"{os.path.basename(path)}  ({model.name}, {args.weights})")
+        for rank, row in enumerate(found, 1):
+            wnid = f"{row['wnid']}  " if "wnid" in row else ""
+            print(f"  {rank}. {row['label']:<28} {wnid}{row['score']:7.2%}")
     return 0
 
 
@@ -255,8 +275,18 @@ def load_data(args, split: str, shard: tuple[int, int] | None = None):
     return data.from_folder(args.data_dir, split, classes, shard=shard, decode=False)
 
 
+def _beside_saved_model(args, name: str) -> str | None:
+    """The file `name` beside the `.keras` model that predict, evaluate or convert reads (in
+    `train`'s output folder: `classes.json`, `recipe.json`); None when there is none."""
+    model = getattr(args, getattr(args, "saved_model_argument", ""), None)
+    if not (model and model.endswith(".keras")):
+        return None
+    path = os.path.join(os.path.dirname(model), name)
+    return path if os.path.isfile(path) else None
+
+
 def _read_classes(args) -> list[str] | None:
-    path = getattr(args, "classes_file", None)
+    path = getattr(args, "classes_file", None) or _beside_saved_model(args, "classes.json")
     if not path:
         return None
     with open(_existing_file(path)) as f:
@@ -268,14 +298,21 @@ def _class_count(classes) -> int:
 
 
 def recipe_from_args(args):
+    """`--recipe` with the recipe flags given; without `--recipe`, the `recipe.json` that
+    `train` wrote beside a `--weights MODEL.keras`, else the ImageNet recipe."""
     from keras_convmixer.training import Recipe, get_recipe
 
+    recipe, saved = args.recipe, _beside_saved_model(args, "recipe.json")
+    if recipe is None and saved:
+        with open(saved) as f:
+            fields = json.load(f)
+        recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     overrides = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(Recipe)
         if getattr(args, f.name, None) is not None
     }
-    return get_recipe(args.recipe, **overrides)
+    return get_recipe(recipe or "imagenet", **overrides)
 
 
 def classifier_model(name: str, weights: str | None, classes: int, image_size: int):
@@ -354,9 +391,12 @@ def cmd_train(args) -> int:
     # which under several JAX processes is a step that all of them must take together.
     model.save(os.path.join(output, "model.keras"))
     model.save_weights(os.path.join(output, "model.weights.h5"))
-    if setup.is_chief and not isinstance(classes, int):
-        with open(os.path.join(output, "classes.json"), "w") as f:
-            json.dump(list(classes), f)
+    if setup.is_chief:  # what predict and evaluate read beside model.keras
+        with open(os.path.join(output, "recipe.json"), "w") as f:
+            json.dump(dataclasses.asdict(recipe), f, indent=1)
+        if not isinstance(classes, int):
+            with open(os.path.join(output, "classes.json"), "w") as f:
+                json.dump(list(classes), f)
     print(f"held-out accuracy: {results['accuracy']:.4f}")
     return 0
 
@@ -508,11 +548,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="*", help="image files; none: the bundled sample photo")
     p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
     p.add_argument(
-        "--weights", default="imagenet", help="'imagenet', hf://OWNER/REPO[/FILE] or a file"
+        "--weights",
+        default="imagenet",
+        help="'imagenet', hf://OWNER/REPO[/FILE], a file, or a .keras model (e.g. train's)",
     )
     p.add_argument("--top", type=at_least(1), default=5, help="classes to show per image")
+    p.add_argument(
+        "--classes-file",
+        help="JSON list of class names; default: ImageNet's, or classes.json beside MODEL.keras",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=("imagenet", "cifar10"),
+        help="its evaluation transform; default: recipe.json beside MODEL.keras, else imagenet",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(run=cmd_predict)
+    p.set_defaults(run=cmd_predict, saved_model_argument="weights")
 
     p = sub.add_parser(
         "convert", parents=[common], help="timm/PyTorch checkpoint → Keras, or Keras → timm"
@@ -529,9 +580,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help=f"{MODEL_HELP} (not with a .keras source)")
     p.add_argument("--classes", type=at_least(1), help="classifier size; default: the variant's")
-    p.add_argument("--classes-file", help="JSON list of class names for config.json")
+    p.add_argument(
+        "--classes-file", help="JSON class names for config.json; default: classes.json beside"
+    )
     p.add_argument("--compare-timm", action="store_true", help="max output difference vs timm")
-    p.set_defaults(run=cmd_convert)
+    p.set_defaults(run=cmd_convert, saved_model_argument="source")
 
     data_args = argparse.ArgumentParser(add_help=False)
     data_args.add_argument("--tfds", help="a TensorFlow Datasets name, e.g. cifar10")
@@ -539,7 +592,11 @@ def parser() -> argparse.ArgumentParser:
     data_args.add_argument("--manual-dir", help="manually downloaded archives (imagenet2012)")
     data_args.add_argument("--data-dir", help="an image folder: DIR/<split>/<class>/*.jpg")
     data_args.add_argument("--classes-file", help="JSON list of class names (label order)")
-    data_args.add_argument("--recipe", default="imagenet", choices=("imagenet", "cifar10"))
+    data_args.add_argument(
+        "--recipe",
+        choices=("imagenet", "cifar10"),
+        help="default: imagenet; evaluate: recipe.json beside --weights MODEL.keras, if there",
+    )
     add_recipe_flags(data_args)
 
     p = sub.add_parser("train", parents=[common, data_args], help="train or fine-tune")
@@ -566,7 +623,7 @@ def parser() -> argparse.ArgumentParser:
         choices=("mixed_bfloat16", "mixed_float16"),
         help="also run the model under this dtype policy; report its top-1 agreement with float32",
     )
-    p.set_defaults(run=cmd_evaluate)
+    p.set_defaults(run=cmd_evaluate, saved_model_argument="weights")
 
     p = sub.add_parser("benchmark", parents=[common], help="throughput, optionally beside timm")
     p.add_argument("--model", default="convmixer_768_32", help=MODEL_HELP)

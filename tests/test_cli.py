@@ -75,6 +75,30 @@ def test_predict_classifies_the_bundled_photo(tiny_checkpoint):
     assert all(row["wnid"].startswith("n") for row in rows)
 
 
+def test_predict_with_a_saved_model_names_its_classes(tmp_path, capsys):
+    from keras_convmixer.imagenet import eval_transform
+
+    model = small_model(classifier_activation="softmax")  # 5 classes, any image size
+    model.save(tmp_path / "model.keras")
+    names = ["ant", "bee", "cat", "dog", "eel"]
+    (tmp_path / "classes.json").write_text(json.dumps(names))
+    args = ["predict", "--weights", str(tmp_path / "model.keras"), "--recipe", "cifar10"]
+    assert cli_module.main([*args, "--json", "--top", "2"]) == 0
+    (rows,) = json.loads(capsys.readouterr().out).values()
+    cifar = training.get_recipe("cifar10")
+    image = eval_transform(cli_module.read_image(cli_module.sample_image_path()), 32, 1.0)
+    probs = model.predict(((image / 255.0 - cifar.mean) / cifar.std)[None], verbose=0)[0]
+    order = np.argsort(-probs)[:2]
+    assert [row["label"] for row in rows] == [names[i] for i in order]
+    np.testing.assert_allclose([row["score"] for row in rows], probs[order], atol=2e-6)
+    (tmp_path / "classes.json").write_text(json.dumps(names[:3]))
+    assert cli_module.main(args) == 2
+    assert "3 class names for a model of 5 classes" in capsys.readouterr().err
+    (tmp_path / "classes.json").unlink()
+    assert cli_module.main(args) == 0
+    assert "  1. class " in capsys.readouterr().out
+
+
 def test_convert_writes_keras_weights_with_the_same_outputs(tiny_checkpoint, tmp_path):
     out = tmp_path / "tiny.weights.h5"
     result = cli("convert", tiny_checkpoint, str(out), "--model", TINY)
@@ -111,6 +135,17 @@ def test_convert_a_keras_model_to_timm(tmp_path):
     assert import_timm() is not None
     # --compare-timm's check, with the model's softmax applied to timm's logits
     assert cli_module.compare_with_timm(model, str(out / "model.safetensors")) < 1e-6
+
+
+def test_convert_takes_the_class_names_beside_a_keras_model(tmp_path):
+    model = keras_convmixer.ConvMixer1024_20(classes=2, input_shape=(28, 28, 3))
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "classes.json").write_text(json.dumps(["cat", "dog"]))
+    assert cli_module.main(["convert", str(tmp_path / "model.keras"), str(tmp_path / "hf")]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architecture"] == "convmixer_1024_20_ks9_p14"
+    assert config["label_names"] == ["cat", "dog"]
+    assert config["pretrained_cfg"]["input_size"] == [3, 28, 28]
 
 
 @pytest.mark.parametrize(
@@ -276,21 +311,12 @@ def test_train_on_an_image_folder_then_evaluate(tmp_path):
     accuracy = float(result.stdout.strip().splitlines()[-1].split(": ")[1])
     print(f"CLI train on digits folder: held-out accuracy {accuracy:.4f}", file=sys.stderr)
     assert accuracy >= 0.90
-    written = {"model.keras", "model.weights.h5", "log.csv", "classes.json"}
+    written = {"model.keras", "model.weights.h5", "log.csv", "classes.json", "recipe.json"}
     written |= {"checkpoint.weights.h5", "best.weights.h5"}
     assert written <= set(os.listdir(out))
-    evaluated = cli(
-        "evaluate",
-        "--weights",
-        str(out / "model.keras"),
-        *data,
-        "--recipe",
-        "cifar10",
-        "--classes-file",
-        str(out / "classes.json"),
-        "--compare-policy",
-        "mixed_bfloat16",
-    )
+    # The run's recipe and class names come from recipe.json and classes.json beside the model.
+    compare = ["--compare-policy", "mixed_bfloat16"]
+    evaluated = cli("evaluate", "--weights", str(out / "model.keras"), *data, *compare)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     *_, scores, agreement = evaluated.stdout.strip().splitlines()
     assert float(scores.split()[1]) == pytest.approx(accuracy, abs=1e-4)
@@ -298,6 +324,15 @@ def test_train_on_an_image_folder_then_evaluate(tmp_path):
     words = agreement.replace(",", "").split()
     assert words[0] == "mixed_bfloat16:" and words[-2:] == [f"({len(x_val)}", "images)"]
     assert float(words[2]) >= 0.85 and float(words[7]) >= 0.95
+    images = [tmp_path / "digits" / "val" / f"digit_{y_val[i]}" / f"{i}.png" for i in range(12)]
+    predicted = cli("predict", *map(str, images), "--weights", str(out / "model.keras"), "--json")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    rows = list(json.loads(predicted.stdout).values())
+    assert sum(row[0]["label"] == f"digit_{y}" for row, y in zip(rows, y_val, strict=False)) >= 10
+    model = keras.saving.load_model(out / "model.keras")
+    cifar = training.get_recipe("cifar10")
+    probs = model.predict((x_val[:12] / 255.0 - np.array(cifar.mean)) / np.array(cifar.std))
+    np.testing.assert_allclose([row[0]["score"] for row in rows], probs.max(-1), atol=2e-5)
 
 
 # The scripts only pass their recipe's flags on: each runs once, on a backend of its own.
