@@ -63,14 +63,15 @@ def test_backend_flag_switches_backend():
     assert f"backend {other}" in result.stdout
 
 
-def test_predict_classifies_the_bundled_photo(tiny_checkpoint):
+def test_predict_classifies_the_bundled_photo(tiny_checkpoint, capsys):
     result = cli("predict", "--model", TINY, "--weights", tiny_checkpoint)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("sample_cat.png")
     assert [line.split(".")[0].strip() for line in lines[1:6]] == ["1", "2", "3", "4", "5"]
-    as_json = cli("predict", "--model", TINY, "--weights", tiny_checkpoint, "--json", "--top", "3")
-    rows = next(iter(json.loads(as_json.stdout).values()))
+    args = ["predict", "--model", TINY, "--weights", tiny_checkpoint, "--json", "--top", "3"]
+    assert cli_module.main(args) == 0
+    rows = next(iter(json.loads(capsys.readouterr().out).values()))
     assert len(rows) == 3 and rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
     assert all(row["wnid"].startswith("n") for row in rows)
 
@@ -168,29 +169,10 @@ def test_convert_refuses_what_it_cannot_do(tmp_path, monkeypatch, capsys, args, 
     assert message in capsys.readouterr().err
 
 
-def test_user_errors_print_one_line(tmp_path, tiny_checkpoint):
+def test_user_errors_print_one_line(tmp_path):
+    """Through the installed entry point: one line, no traceback (the other errors are tested
+    in this process, below, where each costs no interpreter start)."""
     assert_user_error(cli("predict", str(tmp_path / "missing.jpg")), "no such file")
-    broken = tmp_path / "broken.png"
-    broken.write_text("not an image")
-    assert_user_error(
-        cli("predict", str(broken), "--weights", tiny_checkpoint), "cannot read image"
-    )
-    assert_user_error(cli("predict", "--model", "resnet50"), "Unknown model 'resnet50'")
-    offline = cli(
-        "predict",
-        "--model",
-        "convmixer_768_32",
-        env={"HF_ENDPOINT": "http://127.0.0.1:9", "KERAS_HOME": str(tmp_path)},
-    )
-    assert_user_error(offline, "--weights PATH")
-    assert "HF_ENDPOINT" in offline.stderr
-    assert_user_error(
-        cli("train", "--output", str(tmp_path)), "give the data with --tfds NAME or --data-dir DIR"
-    )
-    assert_user_error(
-        cli("convert", str(tmp_path / "x.safetensors"), "o.weights.h5", "--model", TINY),
-        "no such file",
-    )
     multi_worker = {  # only TensorFlow has the strategy, and Keras' fit does not run under it
         "tensorflow": "Train on several machines with --backend jax",
         "jax": "distribute='multi-worker' is TensorFlow's",
@@ -198,6 +180,25 @@ def test_user_errors_print_one_line(tmp_path, tiny_checkpoint):
     }
     train = ["train", "--tfds", "cifar10", "--output", str(tmp_path)]
     assert_user_error(cli(*train, "--distribute", "multi-worker"), multi_worker[BACKEND])
+
+
+def test_user_errors_name_the_problem(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    def error_of(*args):
+        assert cli_module.main(list(args)) == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    assert "cannot read image" in error_of("predict", str(broken), "--weights", tiny_checkpoint)
+    assert "Unknown model 'resnet50'" in error_of("predict", "--model", "resnet50")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    offline = error_of("predict", "--model", "convmixer_768_32")
+    assert "--weights PATH" in offline and "HF_ENDPOINT" in offline
+    message = "give the data with --tfds NAME or --data-dir DIR"
+    assert message in error_of("train", "--output", str(tmp_path))
+    missing = str(tmp_path / "x.safetensors")
+    assert "no such file" in error_of("convert", missing, "o.weights.h5", "--model", TINY)
 
 
 @pytest.mark.parametrize(
