@@ -20,6 +20,7 @@ MODEL_HELP = (
     "convmixer_1536_20, convmixer_768_32, convmixer_1024_20, convmixer_256_8, or any "
     "convmixer_DIM_DEPTH[_kKERNEL][_pPATCH][_relu]"
 )
+HUB = "hf://OWNER/REPO[@REV][/FILE]"
 MODES_DISTRIBUTE = ("auto", "none", "mirrored", "multi-worker", "data-parallel")
 
 
@@ -60,7 +61,7 @@ def positive_float(text: str) -> float:
 
 
 def build_model(name: str, weights: str | None, **kwargs):
-    """The named variant with `weights` ("imagenet", hf://OWNER/REPO[/FILE], a path, or None)."""
+    """The named variant with `weights`: "imagenet", a hub address, a path, or None."""
     from keras_convmixer.model import create_model
     from keras_convmixer.pretrained import is_hub_address
 
@@ -550,7 +551,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         default="imagenet",
-        help="'imagenet', hf://OWNER/REPO[/FILE], a file, or a .keras model (e.g. train's)",
+        help=f"'imagenet', {HUB}, a file, or a .keras model (e.g. train's)",
     )
     p.add_argument("--top", type=at_least(1), default=5, help="classes to show per image")
     p.add_argument(
@@ -601,7 +602,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common, data_args], help="train or fine-tune")
     p.add_argument("--model", default="convmixer_256_8", help=MODEL_HELP)
-    p.add_argument("--weights", help="start from 'imagenet', hf://OWNER/REPO[/FILE] or a file")
+    p.add_argument("--weights", help=f"start from 'imagenet', {HUB} or a file")
     p.add_argument("--output", required=True, help="folder for checkpoints, logs and the model")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", help="default: val (folders), test or validation (tfds)")
@@ -615,7 +616,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[common, data_args], help="top-1 / top-5 accuracy")
     p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
     p.add_argument(
-        "--weights", default="imagenet", help="'imagenet', hf://OWNER/REPO[/FILE], a file, a .keras"
+        "--weights",
+        default="imagenet",
+        help=f"'imagenet', {HUB}, a file, a .keras",
     )
     p.add_argument("--split", help="default: val (folders), test or validation (tfds)")
     p.add_argument(
@@ -648,7 +651,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="a folder (TensorFlow SavedModel) or FILE.onnx")
     p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
     p.add_argument(
-        "--weights", default="imagenet", help="'imagenet', hf://OWNER/REPO[/FILE], a file, a .keras"
+        "--weights",
+        default="imagenet",
+        help=f"'imagenet', {HUB}, a file, a .keras",
     )
     p.add_argument("--image-size", type=at_least(1), default=224, help="ONNX only: fixed size")
     p.add_argument(

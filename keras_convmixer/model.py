@@ -152,7 +152,7 @@ def ConvMixer(
         weights: `None` (random), `"imagenet"` (the published checkpoint of the variant with
             this shape), the path of a weights file: Keras `.weights.h5`/`.keras`, timm
             `.safetensors`, or PyTorch `.pth`/`.pth.tar`/`.bin` (needs torch), or such a file
-            on the Hugging Face Hub, `"hf://OWNER/REPO[/FILE]"` (FILE defaults to
+            on the Hugging Face Hub, `"hf://OWNER/REPO[@REV][/FILE]"` (FILE defaults to
             `model.safetensors`, timm's). Defaults to None.
         input_tensor: optional Keras tensor to use as the model's input.
         input_shape: optional `(height, width, channels)` (`(channels, height, width)` for

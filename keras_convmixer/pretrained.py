@@ -355,7 +355,7 @@ def checkpoint_url(variant: str) -> str:
     return f"{endpoint}/timm/{checkpoint.repo}/resolve/main/{checkpoint.filename}"
 
 
-HUB_ADDRESS = re.compile(r"hf://([\w.-]+)/([\w.-]+)(?:/([\w./-]+))?")
+HUB_ADDRESS = re.compile(r"hf://([\w.-]+)/([\w.-]+)(?:@([\w.-]+))?(?:/([\w./-]+))?")
 
 
 def is_hub_address(weights) -> bool:
@@ -364,25 +364,29 @@ def is_hub_address(weights) -> bool:
 
 
 def hub_url(address: str) -> tuple[str, str]:
-    """(URL, cache path) of `hf://OWNER/REPO[/FILE]` (FILE defaults to `model.safetensors`),
-    on the hub's main revision, honouring `HF_ENDPOINT`."""
+    """(URL, cache path) of `hf://OWNER/REPO[@REVISION][/FILE]` (FILE defaults to
+    `model.safetensors`, REVISION, a commit, tag or branch, to `main`), honouring
+    `HF_ENDPOINT`."""
     match = HUB_ADDRESS.fullmatch(address)
-    names = address[len("hf://") :].split("/")
+    names = re.split("[/@]", address[len("hf://") :])
     if not match or any(name in ("", ".", "..") for name in names):
         raise ValueError(
-            "weights on the Hugging Face Hub are named hf://OWNER/REPO or hf://OWNER/REPO/FILE "
-            f"(FILE defaults to model.safetensors). Received: weights={address!r}"
+            "weights on the Hugging Face Hub are named hf://OWNER/REPO[@REVISION][/FILE] "
+            "(FILE defaults to model.safetensors, REVISION to main). "
+            f"Received: weights={address!r}"
         )
-    owner, repo, filename = match.group(1), match.group(2), match.group(3) or "model.safetensors"
+    owner, repo, revision, filename = match.groups()
+    revision, filename = revision or "main", filename or "model.safetensors"
     endpoint = os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
-    url = f"{endpoint}/{owner}/{repo}/resolve/main/{filename}"
-    return url, os.path.join(cache_dir(), "hub", owner, repo, filename)
+    url = f"{endpoint}/{owner}/{repo}/resolve/{revision}/{filename}"
+    return url, os.path.join(cache_dir(), "hub", owner, repo, revision, filename)
 
 
 def hub_file(address: str) -> str:
-    """The local copy of a checkpoint on the hub (`hf://OWNER/REPO[/FILE]`), downloaded once
-    into the cache (delete it there to fetch it again). No hash is published for it: its
-    structure is checked when it loads."""
+    """The local copy of a checkpoint on the hub (`hf://OWNER/REPO[@REVISION][/FILE]`),
+    downloaded once into the cache (delete it there to fetch a branch's newer file). No hash
+    is published for it: its structure is checked when it loads; pin a commit for the same
+    file every time."""
     url, path = hub_url(address)
     if os.path.exists(path):
         return path
@@ -500,8 +504,8 @@ def check_weights_argument(
     if weights != "imagenet":
         if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(weights):
             raise ValueError(
-                "weights must be None, 'imagenet', hf://OWNER/REPO[/FILE], or the path of an "
-                f"existing weights file. Received: weights={weights!r}"
+                "weights must be None, 'imagenet', hf://OWNER/REPO[@REVISION][/FILE], or the "
+                f"path of an existing weights file. Received: weights={weights!r}"
             )
         return
     variant = find_variant(dim, depth, kernel_size, patch_size)

@@ -373,7 +373,7 @@ VALIDATION = [
     ({"depthwise_impl": "fft"}, "depthwise_impl must be 'auto', 'native' or 'shift'"),
     (
         {"weights": "/no/such/file.weights.h5"},
-        r"weights must be None, 'imagenet', hf://OWNER/REPO\[/FILE\], or the path",
+        r"weights must be None, 'imagenet', hf://OWNER/REPO\[@REVISION\]\[/FILE\], or the",
     ),
 ]
 

@@ -282,7 +282,7 @@ def test_hub_addresses_download_once_and_load(hub, monkeypatch):
     assert logits_deviation(published, hub["reference"], x) <= 1e-4
     assert logits_deviation(digits, tuned, x) <= 1e-4
     hub_cache = os.path.join(pretrained.cache_dir(), "hub")
-    assert sorted(os.listdir(os.path.join(hub_cache, "someone", "convmixer-digits"))) == [
+    assert sorted(os.listdir(os.path.join(hub_cache, "someone", "convmixer-digits", "main"))) == [
         "pytorch_model.bin"
     ]
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # server gone: the cache serves
@@ -290,14 +290,43 @@ def test_hub_addresses_download_once_and_load(hub, monkeypatch):
     np.testing.assert_array_equal(to_numpy(again(x)), to_numpy(published(x)))
 
 
+def test_hub_revisions_are_pinned(hub, monkeypatch):
+    """`hf://OWNER/REPO@REVISION` loads that commit's file, whatever main holds now."""
+    repo = hub["root"] / "someone" / "convmixer-digits" / "resolve"
+    old, new = (timm_convmixer(16, 2, 3, 7, classes=10, seed=s) for s in (5, 6))
+    for revision, model in (("3f2a9c1", old), ("main", new)):
+        (repo / revision).mkdir(parents=True)
+        save_safetensors(model, repo / revision / "model.safetensors")
+    build = functools.partial(
+        keras_convmixer.ConvMixer, 16, 2, 3, 7, classes=10, classifier_activation=None
+    )
+    with serve(hub["root"]) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        pinned = build(weights="hf://someone/convmixer-digits@3f2a9c1")
+        latest = build(weights="hf://someone/convmixer-digits@main/model.safetensors")
+    x = random_images(16)
+    assert logits_deviation(pinned, old, x) <= 1e-4
+    assert logits_deviation(latest, new, x) <= 1e-4
+    cache = os.path.join(pretrained.cache_dir(), "hub", "someone", "convmixer-digits")
+    assert sorted(os.listdir(cache)) == ["3f2a9c1", "main"]
+
+
 def test_hub_address_errors(hub, monkeypatch):
-    for address in ("hf://just-a-name", "hf://owner/repo/../../outside", "hf://a/b/"):
-        with pytest.raises(ValueError, match="named hf://OWNER/REPO or hf://OWNER/REPO/FILE"):
+    bad = (
+        "hf://just-a-name",
+        "hf://owner/repo/../../outside",
+        "hf://a/b/",
+        "hf://a/b@..",
+        "hf://a/b@",
+    )
+    for address in bad:
+        with pytest.raises(ValueError, match=r"named hf://OWNER/REPO\[@REVISION\]\[/FILE\]"):
             keras_convmixer.ConvMixer(16, 2, 3, 7, weights=address)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(OSError, match="Could not download hf://timm/nothing-here from http"):
         keras_convmixer.ConvMixer(16, 2, 3, 7, weights="hf://timm/nothing-here")
-    assert os.listdir(os.path.join(pretrained.cache_dir(), "hub", "timm", "nothing-here")) == []
+    cache = os.path.join(pretrained.cache_dir(), "hub", "timm", "nothing-here", "main")
+    assert os.listdir(cache) == []
 
 
 def test_checkpoint_url_honours_hf_endpoint(monkeypatch):
