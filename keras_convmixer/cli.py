@@ -146,7 +146,8 @@ def cmd_convert(args) -> int:
 
     to_keras = args.output.endswith(".weights.h5")
     to_file = args.output.endswith(".safetensors")
-    if not (to_keras or to_file or "." not in os.path.basename(args.output.rstrip("/"))):
+    to_folder = os.path.isdir(args.output) or "." not in os.path.basename(args.output.rstrip("/"))
+    if not (to_keras or to_file or to_folder):
         raise UserError(
             "the output must be FILE.weights.h5 (Keras), FILE.safetensors (timm's state dict) "
             f"or a folder (timm's Hugging Face layout); received {args.output}"
@@ -166,7 +167,7 @@ def cmd_convert(args) -> int:
         written = save_timm(model, args.output, label_names=_read_classes(args))
     for path in written:
         print(f"wrote {path}  sha256 {sha256(path)}")
-    if not to_keras and len(written) == 1 and not to_file:
+    if to_folder and len(written) == 1:
         print("no config.json: timm has no registered architecture of this shape; build")
         print("timm.models.convmixer.ConvMixer(...) with its arguments and load_state_dict()")
     if args.compare_timm:

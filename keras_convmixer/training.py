@@ -23,6 +23,7 @@ import os
 import keras
 from keras import ops
 
+from keras_convmixer import imagenet
 from keras_convmixer.checks import check_positive_int
 from keras_convmixer.layers import PACKAGE
 from keras_convmixer.model import block_count
@@ -64,7 +65,7 @@ class Recipe:
 
 BACKUP = "backup"  # BackupAndRestore's folder under `make_callbacks`' output_dir
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = imagenet.MEAN, imagenet.STD
 
 RECIPES: dict[str, Recipe] = {
     "imagenet": Recipe(
