@@ -101,7 +101,8 @@ def cmd_predict(args) -> int:
     images = np.stack([eval_transform(read_image(p), size, crop) for p in paths]) / 255.0
     model = saved_model(args.weights)
     if model is None:
-        model = build_model(args.model, args.weights)
+        classes = {"classes": args.classes} if args.classes else {}
+        model = build_model(args.model, args.weights, **classes)
     mean, std = (np.asarray(v, "float32") for v in (recipe.mean, recipe.std))
     probs = np.asarray(model.predict((images - mean) / std, verbose=0))
     names = _read_classes(args)
@@ -555,6 +556,9 @@ def parser() -> argparse.ArgumentParser:
         help=f"'imagenet', {HUB}, a file, or a .keras model (e.g. train's)",
     )
     p.add_argument("--top", type=at_least(1), default=5, help="classes to show per image")
+    p.add_argument(
+        "--classes", type=at_least(1), help="classifier size of --weights; default: the variant's"
+    )
     p.add_argument(
         "--classes-file",
         help="JSON list of class names; default: ImageNet's, or classes.json beside MODEL.keras",

@@ -10,7 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, serve, small_model, timm_convmixer
+from conftest import BACKEND, save_safetensors, serve, small_model, timm_convmixer
 from digits import digits_32
 from PIL import Image
 
@@ -98,6 +98,13 @@ def test_predict_with_a_saved_model_names_its_classes(tmp_path, capsys):
     (tmp_path / "classes.json").unlink()
     assert cli_module.main(args) == 0
     assert "  1. class " in capsys.readouterr().out
+    # a 10-class checkpoint, e.g. from a hub, with its names
+    checkpoint = save_safetensors(timm_convmixer(16, 2, 3, 2), tmp_path / "ten.safetensors")
+    (tmp_path / "ten.json").write_text(json.dumps([f"digit {i}" for i in range(10)]))
+    ten = ["--model", TINY, "--weights", checkpoint, "--classes-file", str(tmp_path / "ten.json")]
+    assert cli_module.main(["predict", *ten, "--classes", "10", "--json"]) == 0
+    (rows,) = json.loads(capsys.readouterr().out).values()
+    assert len(rows) == 5 and all(row["label"].startswith("digit ") for row in rows)
 
 
 def test_convert_writes_keras_weights_with_the_same_outputs(tiny_checkpoint, tmp_path):
