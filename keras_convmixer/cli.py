@@ -60,13 +60,16 @@ def positive_float(text: str) -> float:
     return value
 
 
-def build_model(name: str, weights: str | None, **kwargs):
-    """The named variant with `weights`: "imagenet", a hub address, a path, or None."""
+def build_model(name: str, weights: str | None, classes: int | None = None, **kwargs):
+    """The named variant with `weights`: "imagenet", a hub address, a path, or None;
+    `classes`: its classifier size, None for the variant's."""
     from keras_convmixer.model import create_model
     from keras_convmixer.pretrained import is_hub_address
 
     if weights not in (None, "imagenet") and not is_hub_address(weights):
         _existing_file(weights)
+    if classes is not None:
+        kwargs["classes"] = classes
     return create_model(name, weights=weights, **kwargs)
 
 
@@ -93,18 +96,17 @@ def cmd_predict(args) -> int:
     (for a `.keras` model, the `classes.json` that `train` wrote beside it)."""
     import numpy as np
 
-    from keras_convmixer.imagenet import decode_predictions, eval_transform
+    from keras_convmixer.imagenet import decode_predictions, eval_transform, preprocess_input
 
     recipe = recipe_from_args(args)
     paths = args.images or [sample_image_path()]
     size, crop = recipe.image_size, recipe.crop_pct
-    images = np.stack([eval_transform(read_image(p), size, crop) for p in paths]) / 255.0
+    images = np.stack([eval_transform(read_image(p), size, crop) for p in paths])
+    images = preprocess_input(images, "channels_last", mean=recipe.mean, std=recipe.std)
     model = saved_model(args.weights)
     if model is None:
-        classes = {"classes": args.classes} if args.classes else {}
-        model = build_model(args.model, args.weights, **classes)
-    mean, std = (np.asarray(v, "float32") for v in (recipe.mean, recipe.std))
-    probs = np.asarray(model.predict((images - mean) / std, verbose=0))
+        model = build_model(args.model, args.weights, args.classes)
+    probs = np.asarray(model.predict(images, verbose=0))
     names = _read_classes(args)
     if names is not None and len(names) != probs.shape[-1]:
         raise UserError(f"{len(names)} class names for a model of {probs.shape[-1]} classes")
@@ -159,8 +161,7 @@ def cmd_convert(args) -> int:
     if model is None:
         if not args.model:
             raise UserError(f"--model is needed to read {args.source} (all but .keras files)")
-        classes = {"classes": args.classes} if args.classes else {}
-        model = build_model(args.model, args.source, classifier_activation=None, **classes)
+        model = build_model(args.model, args.source, args.classes, classifier_activation=None)
     if to_keras:
         model.save_weights(args.output)
         written = [args.output]

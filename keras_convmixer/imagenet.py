@@ -28,16 +28,17 @@ def _channel_shape(data_format: str | None) -> tuple[int, ...]:
     return (3,) if check_data_format(data_format) == "channels_last" else (3, 1, 1)
 
 
-def preprocess_input(x, data_format: str | None = None):
+def preprocess_input(x, data_format: str | None = None, mean=MEAN, std=STD):
     """Normalises RGB images in [0, 255] the way the pretrained weights expect.
 
-    Computes `(x / 255 - mean) / std` per channel with the ImageNet mean
+    Computes `(x / 255 - mean) / std` per channel, by default with the ImageNet mean
     (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
 
     Args:
         x: float array or tensor of RGB images, `(..., H, W, 3)` or `(..., 3, H, W)`.
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
+        mean, std: per-channel values for images in [0, 1], e.g. a training recipe's.
 
     Returns:
         The normalised images, same shape; a NumPy array for NumPy input.
@@ -52,8 +53,8 @@ def preprocess_input(x, data_format: str | None = None):
             f"preprocess_input expects RGB images with 3 channels on the {where} axis "
             f"({check_data_format(data_format)}). Received: x.shape={tuple(x.shape)}"
         )
-    mean = np.reshape(np.asarray(MEAN, "float32"), shape)
-    std = np.reshape(np.asarray(STD, "float32"), shape)
+    mean = np.reshape(np.asarray(mean, "float32"), shape)
+    std = np.reshape(np.asarray(std, "float32"), shape)
     if isinstance(x, np.ndarray):
         return ((x.astype("float32") / 255.0 - mean) / std).astype("float32")
     x = ops.cast(x, "float32")

@@ -22,6 +22,12 @@ def test_preprocess_input_is_the_exact_formula():
     np.testing.assert_allclose(first.transpose(0, 2, 3, 1), expected, rtol=1e-6, atol=1e-6)
     tensor = keras_convmixer.preprocess_input(keras.ops.convert_to_tensor(pixels))
     np.testing.assert_allclose(to_numpy(tensor), expected, rtol=1e-5, atol=1e-6)
+    # another recipe's statistics (CIFAR-10's)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+    cifar = (pixels / 255.0 - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(
+        keras_convmixer.preprocess_input(pixels, mean=mean, std=std), cifar, rtol=1e-6, atol=1e-6
+    )
     # the bug of a peer that passes std as a variance would give (x - mean) / sqrt(std)
     wrong = (pixels / 255.0 - np.array([0.485, 0.456, 0.406])) / np.sqrt([0.229, 0.224, 0.225])
     assert np.max(np.abs(wrong - expected)) > 0.5
