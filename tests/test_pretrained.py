@@ -37,9 +37,13 @@ def sequential_layout(state_dict, depth, prefix="module."):
     return renamed
 
 
+def timm_outputs(reference, x):
+    with torch.no_grad():
+        return reference.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+
+
 def logits_deviation(ours, reference, x):
-    expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
-    return float(np.max(np.abs(to_numpy(ours.predict(x, verbose=0)) - expected)))
+    return float(np.max(np.abs(to_numpy(ours.predict(x, verbose=0)) - timm_outputs(reference, x))))
 
 
 def random_images(size, batch=2, seed=0):
@@ -343,11 +347,6 @@ def test_checkpoint_url_honours_hf_endpoint(monkeypatch):
 # --- Keras → timm ----------------------------------------------------------------------------
 
 
-def timm_outputs(reference, x):
-    with torch.no_grad():
-        return reference.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-
-
 @pytest.mark.parametrize("include_top", [True, False])
 def test_timm_state_dict_loads_strictly_into_timm_and_back(tmp_path, include_top):
     from safetensors.torch import load_file
@@ -363,7 +362,7 @@ def test_timm_state_dict_loads_strictly_into_timm_and_back(tmp_path, include_top
     reference = ConvMixer(16, 2, 3, 2, num_classes=7 if include_top else 0, act_layer=torch.nn.ReLU)
     reference.load_state_dict(load_file(path), strict=True)
     x = random_images(16)
-    assert np.max(np.abs(to_numpy(model.predict(x, verbose=0)) - timm_outputs(reference, x))) < 1e-5
+    assert logits_deviation(model, reference, x) < 1e-5
     back = keras_convmixer.ConvMixer(
         16, 2, 3, 2, "relu", classifier_activation=None, weights=path, **head
     )
