@@ -24,7 +24,7 @@ import keras
 from keras import ops
 
 from keras_convmixer import imagenet
-from keras_convmixer.checks import check_positive_int
+from keras_convmixer.checks import check_non_negative_int, check_positive_int
 from keras_convmixer.layers import PACKAGE
 from keras_convmixer.model import block_count
 
@@ -411,11 +411,10 @@ def freeze(model: keras.Model, blocks: int | None = None) -> keras.Model:
     Frozen BatchNorm layers run in inference mode (Keras' rule for `trainable=False`).
     """
     depth = block_count(model)
-    if blocks is None:
-        blocks = depth
-    if isinstance(blocks, bool) or not isinstance(blocks, int) or not 0 <= blocks <= depth:
+    blocks = depth if blocks is None else check_non_negative_int("blocks", blocks)
+    if blocks > depth:
         raise ValueError(
-            f"blocks must be an integer in [0, {depth}] or None. Received: blocks={blocks!r}"
+            f"blocks must be at most the model's depth, {depth}, or None. Received: blocks={blocks}"
         )
     for layer in model.layers:
         if layer.name == "stem":

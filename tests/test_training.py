@@ -111,8 +111,13 @@ def test_freeze_backbone_and_first_blocks():
     assert trainable == {"block_2", "block_3", "predictions"}
     training.freeze(model)
     assert {v.path.split("/")[0] for v in model.trainable_variables} == {"predictions"}
-    with pytest.raises(ValueError, match=r"blocks must be an integer in \[0, 4\]"):
+    with pytest.raises(ValueError, match="blocks must be at most the model's depth, 4, or None"):
         training.freeze(model, blocks=5)
+    for wrong in (-1, 2.0, True):
+        with pytest.raises(
+            ValueError, match=f"blocks must be an integer ≥ 0. Received: blocks={wrong}"
+        ):
+            training.freeze(model, blocks=wrong)
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="model must be a ConvMixer"):
         training.freeze(plain)
