@@ -49,6 +49,13 @@ def at_least(minimum: int):
     return parse
 
 
+def blocks_or_all(text: str) -> int | str:
+    """An argparse type: 'all' or an integer ≥ 0."""
+    if text == "all" or text.isdigit():
+        return text if text == "all" else int(text)
+    raise argparse.ArgumentTypeError(f"must be 'all' or an integer ≥ 0; received {text!r}")
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a number > 0."""
     try:
@@ -381,6 +388,8 @@ def cmd_train(args) -> int:
     )
     with setup.scope():
         model = classifier_model(args.model, args.weights, count, recipe.image_size)
+        if args.freeze is not None:
+            training.freeze(model, None if args.freeze == "all" else args.freeze)
         training.compile_for_recipe(model, recipe, steps_per_epoch=steps)
     model.fit(
         train.repeat() if args.steps_per_epoch else train,
@@ -610,6 +619,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="convmixer_256_8", help=MODEL_HELP)
     p.add_argument("--weights", help=f"start from 'imagenet', {HUB} or a file")
     p.add_argument("--output", required=True, help="folder for checkpoints, logs and the model")
+    p.add_argument(
+        "--freeze",
+        type=blocks_or_all,
+        metavar="N|all",
+        help="fine-tuning: keep the stem and the first N blocks (all: the backbone) as they are",
+    )
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", help="default: val (folders), test or validation (tfds)")
     p.add_argument("--distribute", default="auto", choices=MODES_DISTRIBUTE)

@@ -68,13 +68,17 @@ class _ConvActNorm(layers.Layer):
         self.data_format = check_data_format(data_format)
         self.channel_axis = -1 if self.data_format == "channels_last" else 1
 
+    def _sublayer_args(self, name: str) -> dict:
+        # `trainable` too: a frozen layer loaded from a .keras file is made with
+        # trainable=False, which `Layer.__init__` does not pass on to later sub-layers.
+        return {"dtype": self.dtype_policy, "trainable": self.trainable, "name": name}
+
     def _norm(self, name: str) -> layers.BatchNormalization:
         # Synchronised across replicas under a TensorFlow strategy: global-batch statistics.
         return layers.BatchNormalization(
             axis=self.channel_axis,
-            dtype=self.dtype_policy,
             synchronized=sync_batch_norm(),
-            name=name,
+            **self._sublayer_args(name),
             **BATCH_NORM,
         )
 
@@ -108,8 +112,7 @@ class PatchEmbedding(_ConvActNorm):
             strides=patch_size,
             padding="valid",
             data_format=self.data_format,
-            dtype=self.dtype_policy,
-            name="conv",
+            **self._sublayer_args("conv"),
         )
         self.norm = self._norm("norm")
 
@@ -167,12 +170,11 @@ class ConvMixerBlock(_ConvActNorm):
             kernel_size,
             padding="same",
             data_format=self.data_format,
-            dtype=self.dtype_policy,
-            name="depthwise",
+            **self._sublayer_args("depthwise"),
         )
         self.depthwise_norm = self._norm("depthwise_norm")
         self.pointwise = layers.Conv2D(
-            dim, 1, data_format=self.data_format, dtype=self.dtype_policy, name="pointwise"
+            dim, 1, data_format=self.data_format, **self._sublayer_args("pointwise")
         )
         self.pointwise_norm = self._norm("pointwise_norm")
 

@@ -218,6 +218,7 @@ def test_user_errors_name_the_problem(tmp_path, tiny_checkpoint, monkeypatch, ca
         (["benchmark", "--peak-tflops", "0"], "argument --peak-tflops: must be a number > 0"),
         (["train", "--output", "o", "--seed", "-1"], "argument --seed: must be an integer ≥ 0"),
         (["train", "--output", "o", "--steps-per-epoch", "0"], "--steps-per-epoch: must be an"),
+        (["train", "--output", "o", "--freeze", "-1"], "--freeze: must be 'all' or an integer"),
     ],
 )
 def test_flags_out_of_range_are_refused_before_any_work(args, message, capsys):
@@ -341,6 +342,27 @@ def test_train_on_an_image_folder_then_evaluate(tmp_path):
     cifar = training.get_recipe("cifar10")
     probs = model.predict((x_val[:12] / 255.0 - np.array(cifar.mean)) / np.array(cifar.std))
     np.testing.assert_allclose([row[0]["score"] for row in rows], probs.max(-1), atol=2e-5)
+
+
+def test_train_freeze_keeps_the_first_blocks_as_loaded(tiny_checkpoint, tmp_path, capsys):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    out = tmp_path / "run"
+    args = ["train", "--model", TINY, "--weights", tiny_checkpoint, "--tfds", "cifar10"]
+    args += ["--epochs", "1", "--batch-size", "16", "--no-mixed-precision", "--seed", "0"]
+    with tfds.testing.mock_data(num_examples=32):
+        assert cli_module.main([*args, "--freeze", "1", "--output", str(out)]) == 0
+        assert cli_module.main([*args, "--freeze", "3", "--output", str(out)]) == 2
+    assert "blocks must be at most the model's depth, 2" in capsys.readouterr().err
+    tuned = keras.saving.load_model(out / "model.keras")
+    loaded = cli_module.build_model(
+        TINY, tiny_checkpoint, include_top=False, input_shape=(32, 32, 3)
+    )
+    for layer in loaded.layers:
+        for ours, theirs in zip(layer.weights, tuned.get_layer(layer.name).weights, strict=True):
+            same = np.array_equal(
+                keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs)
+            )
+            assert same == (layer.name != "block_1"), ours.path
 
 
 # The scripts only pass their recipe's flags on: each runs once, on a backend of its own.

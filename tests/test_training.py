@@ -104,11 +104,17 @@ def test_gradient_accumulation_makes_one_clipped_update_of_the_mean_gradient():
         training.get_recipe("cifar10", accumulation_steps=0)
 
 
-def test_freeze_backbone_and_first_blocks():
+def test_freeze_backbone_and_first_blocks(tmp_path):
     model = keras_convmixer.ConvMixer(8, 4, 3, 2, classes=3)
     training.freeze(model, blocks=2)
     trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
     assert trainable == {"block_2", "block_3", "predictions"}
+    # A frozen model saved and loaded again trains the same variables (its sub-layers too).
+    model.save(tmp_path / "frozen.keras")
+    loaded = keras.saving.load_model(tmp_path / "frozen.keras")
+    assert [v.path for v in loaded.trainable_variables] == [
+        v.path for v in model.trainable_variables
+    ]
     training.freeze(model)
     assert {v.path.split("/")[0] for v in model.trainable_variables} == {"predictions"}
     with pytest.raises(ValueError, match="blocks must be at most the model's depth, 4, or None"):
