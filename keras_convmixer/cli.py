@@ -76,6 +76,9 @@ def build_model(name: str, weights: str | None, classes: int | None = None, **kw
     if weights not in (None, "imagenet") and not is_hub_address(weights):
         _existing_file(weights)
     if classes is not None:
+        if weights == "imagenet" and classes != 1000:
+            # The library would give the model a new classifier, to fine-tune.
+            raise UserError(f"the ImageNet weights classify 1000 classes, not {classes}")
         kwargs["classes"] = classes
     return create_model(name, weights=weights, **kwargs)
 
@@ -431,7 +434,8 @@ def cmd_evaluate(args) -> int:
     count = _class_count(classes)
     model = saved_model(args.weights)
     if model is None:
-        model = classifier_model(args.model, args.weights, count, recipe.image_size)
+        input_shape = (recipe.image_size, recipe.image_size, 3)
+        model = build_model(args.model, args.weights, count, input_shape=input_shape)
     if model.output_shape[-1] != count:
         raise UserError(f"the model has {model.output_shape[-1]} classes, the data {count}")
     model.compile(

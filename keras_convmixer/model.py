@@ -159,7 +159,9 @@ def ConvMixer(
             channels_first); height and width may be None. Defaults to `(None, None, 3)`.
         pooling: `None`, `"avg"` or `"max"`: global pooling of the features when
             `include_top=False` (None keeps the feature map). Defaults to None.
-        classes: int. Number of classes of the classifier. Defaults to 1000.
+        classes: int. Number of classes of the classifier. With `weights="imagenet"` and
+            other than 1000 classes, the backbone is loaded and the classifier starts from
+            its initialisation, for fine-tuning. Defaults to 1000.
         classifier_activation: activation of the classifier; `None` returns logits.
             Defaults to `"softmax"`. The classifier computes in float32 under mixed precision.
         include_preprocessing: bool. If True the model takes RGB in [0, 255] and applies
@@ -204,8 +206,6 @@ def ConvMixer(
         kernel_size=kernel_size,
         patch_size=patch_size,
         activation=activation,
-        include_top=include_top,
-        classes=classes,
         input_shape=input_shape,
         data_format=data_format,
     )

@@ -490,8 +490,6 @@ def check_weights_argument(
     kernel_size: int,
     patch_size: int,
     activation,
-    include_top: bool,
-    classes: int,
     input_shape: tuple,
     data_format: str,
 ) -> None:
@@ -520,11 +518,6 @@ def check_weights_argument(
             f"weights='imagenet' for {variant} needs activation={expected!r}, the one it was "
             f"trained with. Received: activation={activation!r}"
         )
-    if include_top and classes != 1000:
-        raise ValueError(
-            "weights='imagenet' with include_top=True needs classes=1000. "
-            f"Received: classes={classes}"
-        )
     channels = input_shape[-1] if data_format == "channels_last" else input_shape[0]
     if channels != 3:
         raise ValueError(
@@ -535,13 +528,17 @@ def check_weights_argument(
 
 def load_weights(model: keras.Model, weights, include_top: bool = True) -> None:
     """Loads `weights` (None, "imagenet", a hub address or a path) into a model built by
-    `ConvMixer`."""
+    `ConvMixer`. A classifier of other than 1000 classes keeps its initialisation under
+    "imagenet" weights (fine-tuning, as timm's `pretrained=True, num_classes=N`); files must
+    fit the model whole."""
     if weights is None:
         return
     if weights == "imagenet":
         stem = model.get_layer("stem")
         block = model.get_layer("block_0")
         variant = find_variant(stem.dim, block_count(model), block.kernel_size, stem.patch_size)
+        if include_top:
+            include_top = model.get_layer("predictions").units == 1000
         assign(model, imagenet_arrays(variant), include_top)
         return
     path = hub_file(weights) if is_hub_address(weights) else str(weights)

@@ -202,6 +202,9 @@ def test_user_errors_name_the_problem(tmp_path, tiny_checkpoint, monkeypatch, ca
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     offline = error_of("predict", "--model", "convmixer_768_32")
     assert "--weights PATH" in offline and "HF_ENDPOINT" in offline
+    assert "the ImageNet weights classify 1000 classes, not 10" in error_of(
+        "predict", "--classes", "10"
+    )
     message = "give the data with --tfds NAME or --data-dir DIR"
     assert message in error_of("train", "--output", str(tmp_path))
     missing = str(tmp_path / "x.safetensors")

@@ -258,9 +258,24 @@ def test_two_processes_loading_at_once_end_with_one_good_file(hub, tmp_path):
         assert len(data.files) == 6 + 2 * 12 + 2  # stem, two blocks, head: every variable
 
 
+def test_imagenet_backbone_under_a_new_classifier(hub, monkeypatch):
+    """`weights="imagenet", classes=10`: the backbone loads, the classifier is new (timm's
+    `pretrained=True, num_classes=10`)."""
+    with serve(hub["root"]) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        full = tiny_imagenet_model()
+    tuned = tiny_imagenet_model(classes=10)
+    for layer in full.layers:
+        ours = [to_numpy(w) for w in tuned.get_layer(layer.name).weights]
+        if layer.name == "predictions":
+            assert [w.shape for w in ours] == [(16, 10), (10,)]
+            np.testing.assert_array_equal(ours[1], np.zeros(10))  # the fresh Dense's bias
+        else:
+            for theirs, mine in zip(layer.weights, ours, strict=True):
+                np.testing.assert_array_equal(to_numpy(theirs), mine, err_msg=theirs.path)
+
+
 def test_imagenet_rules(hub):
-    with pytest.raises(ValueError, match="needs classes=1000. Received: classes=10"):
-        tiny_imagenet_model(classes=10)
     with pytest.raises(ValueError, match="needs activation='gelu'"):
         keras_convmixer.ConvMixer(16, 2, 3, 7, activation="relu", weights="imagenet")
     with pytest.raises(ValueError, match="needs 3 input channels"):
