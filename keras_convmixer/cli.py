@@ -20,6 +20,10 @@ MODEL_HELP = (
     "convmixer_1536_20, convmixer_768_32, convmixer_1024_20, convmixer_256_8, or any "
     "convmixer_DIM_DEPTH[_kKERNEL][_pPATCH][_relu]"
 )
+MODEL_OR_CONFIG_HELP = (
+    f"{MODEL_HELP}; default: the architecture that the checkpoint's config.json names, "
+    "else convmixer_1536_20"
+)
 HUB = "hf://OWNER/REPO[@REV][/FILE]"
 MODES_DISTRIBUTE = ("auto", "none", "mirrored", "multi-worker", "data-parallel")
 
@@ -115,7 +119,8 @@ def cmd_predict(args) -> int:
     images = preprocess_input(images, "channels_last", mean=recipe.mean, std=recipe.std)
     model = saved_model(args.weights)
     if model is None:
-        model = build_model(args.model, args.weights, args.classes)
+        classes = args.classes or checkpoint_card(args).get("num_classes")
+        model = build_model(model_name(args, "convmixer_1536_20"), args.weights, classes)
     probs = np.asarray(model.predict(images, verbose=0))
     names = _read_classes(args)
     if names is not None and len(names) != probs.shape[-1]:
@@ -169,9 +174,11 @@ def cmd_convert(args) -> int:
     if model is not None and (args.model or args.classes):
         raise UserError("--model and --classes build a model: not with a .keras source")
     if model is None:
-        if not args.model:
+        name = model_name(args, "")
+        if not name:
             raise UserError(f"--model is needed to read {args.source} (all but .keras files)")
-        model = build_model(args.model, args.source, args.classes, classifier_activation=None)
+        classes = args.classes or checkpoint_card(args).get("num_classes")
+        model = build_model(name, args.source, classes, classifier_activation=None)
     if to_keras:
         model.save_weights(args.output)
         written = [args.output]
@@ -289,6 +296,28 @@ def load_data(args, split: str, shard: tuple[int, int] | None = None):
     return data.from_folder(args.data_dir, split, classes, shard=shard, decode=False)
 
 
+def checkpoint_card(args) -> dict:
+    """timm's `config.json` for the checkpoint that predict, evaluate or convert reads, from
+    its Hub repository or beside the file (as `convert … FOLDER` writes it); {} if none.
+    Read once per command."""
+    if "checkpoint_card" not in vars(args):
+        from keras_convmixer.pretrained import timm_config
+
+        weights = getattr(args, getattr(args, "saved_model_argument", ""), None)
+        local = weights in (None, "imagenet") or weights.endswith(".keras")
+        args.checkpoint_card = {} if local else timm_config(weights) or {}
+    return args.checkpoint_card
+
+
+def model_name(args, default: str) -> str:
+    """`--model`, else the architecture named in the checkpoint's config.json, else `default`."""
+    from keras_convmixer.pretrained import variant_of_timm_architecture
+
+    if args.model:
+        return args.model
+    return variant_of_timm_architecture(checkpoint_card(args).get("architecture")) or default
+
+
 def _beside_saved_model(args, name: str) -> str | None:
     """The file `name` beside the `.keras` model that predict, evaluate or convert reads (in
     `train`'s output folder: `classes.json`, `recipe.json`); None when there is none."""
@@ -300,9 +329,11 @@ def _beside_saved_model(args, name: str) -> str | None:
 
 
 def _read_classes(args) -> list[str] | None:
+    """`--classes-file`, else `classes.json` beside a `.keras` model, else the checkpoint's
+    `label_names`."""
     path = getattr(args, "classes_file", None) or _beside_saved_model(args, "classes.json")
     if not path:
-        return None
+        return checkpoint_card(args).get("label_names")
     with open(_existing_file(path)) as f:
         return json.load(f)
 
@@ -313,7 +344,8 @@ def _class_count(classes) -> int:
 
 def recipe_from_args(args):
     """`--recipe` with the recipe flags given; without `--recipe`, the `recipe.json` that
-    `train` wrote beside a `--weights MODEL.keras`, else the ImageNet recipe."""
+    `train` wrote beside a `--weights MODEL.keras`, else the ImageNet recipe with the
+    evaluation transform of the checkpoint's config.json, if any."""
     from keras_convmixer.training import Recipe, get_recipe
 
     recipe, saved = args.recipe, _beside_saved_model(args, "recipe.json")
@@ -321,6 +353,16 @@ def recipe_from_args(args):
         with open(saved) as f:
             fields = json.load(f)
         recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    if recipe is None and "pretrained_cfg" in checkpoint_card(args):
+        timm = checkpoint_card(args)["pretrained_cfg"]
+        found = {
+            "image_size": timm.get("input_size", [None])[-1],
+            "crop_pct": timm.get("crop_pct"),
+            "mean": timm.get("mean"),
+            "std": timm.get("std"),
+        }
+        found = {k: tuple(v) if isinstance(v, list) else v for k, v in found.items() if v}
+        recipe = get_recipe("imagenet", **found)
     overrides = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(Recipe)
@@ -435,7 +477,8 @@ def cmd_evaluate(args) -> int:
     model = saved_model(args.weights)
     if model is None:
         input_shape = (recipe.image_size, recipe.image_size, 3)
-        model = build_model(args.model, args.weights, count, input_shape=input_shape)
+        name = model_name(args, "convmixer_1536_20")
+        model = build_model(name, args.weights, count, input_shape=input_shape)
     if model.output_shape[-1] != count:
         raise UserError(f"the model has {model.output_shape[-1]} classes, the data {count}")
     model.compile(
@@ -563,7 +606,7 @@ def parser() -> argparse.ArgumentParser:
         "predict", parents=[common], help="classify images (default: a bundled cat photo)"
     )
     p.add_argument("images", nargs="*", help="image files; none: the bundled sample photo")
-    p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
+    p.add_argument("--model", help=MODEL_OR_CONFIG_HELP)
     p.add_argument(
         "--weights",
         default="imagenet",
@@ -639,7 +682,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[common, data_args], help="top-1 / top-5 accuracy")
-    p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
+    p.add_argument("--model", help=MODEL_OR_CONFIG_HELP)
     p.add_argument(
         "--weights",
         default="imagenet",

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import uuid
 
 import keras
@@ -177,6 +178,9 @@ def assign(model: keras.Model, arrays: dict[str, np.ndarray], include_top: bool 
     if mismatches:
         guess = _variant_of_arrays(arrays)
         hint = f" The weights look like {guess}." if guess else ""
+        if all(m.startswith("predictions/") for m in mismatches):
+            classes = arrays["predictions/bias"].shape[0]
+            hint = f" They classify {classes} classes: pass classes={classes}."
         raise ValueError(
             f"The weights do not fit model {model.name!r}.{hint} Shape mismatches: "
             + "; ".join(mismatches[:6])
@@ -401,6 +405,34 @@ def hub_file(address: str) -> str:
     return path
 
 
+def timm_config(weights: str) -> dict | None:
+    """timm's `config.json` that goes with a checkpoint in its Hub layout: at the root of the
+    repository and revision of `hf://OWNER/REPO[@REVISION][/FILE]`, or beside a local file;
+    None where there is none."""
+    if is_hub_address(weights):
+        owner, repo, revision, _ = HUB_ADDRESS.fullmatch(weights).groups()
+        try:
+            path = hub_file(f"hf://{owner}/{repo}@{revision or 'main'}/config.json")
+        except OSError:  # no config.json in the repository (or no network: the weights say)
+            return None
+    else:
+        path = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
+        if not os.path.isfile(path):
+            return None
+    with open(path) as f:
+        config = json.load(f)
+    return config if isinstance(config, dict) else None
+
+
+def variant_of_timm_architecture(architecture: str | None) -> str | None:
+    """This package's variant name for a timm architecture name (`timm_architecture`'s
+    inverse), or None."""
+    for variant, checkpoint in WEIGHTS.items():
+        if checkpoint.repo.split(".")[0] == architecture:
+            return variant
+    return None
+
+
 def converted_path(variant: str) -> str:
     return os.path.join(cache_dir(), f"{WEIGHTS[variant].repo}.npz")
 
@@ -419,7 +451,9 @@ def _fetch(url: str, near: str) -> str:
     part = f"{near}.{uuid.uuid4().hex}.part"
     folder, name = os.path.split(part)
     try:
-        keras.utils.get_file(name, url, cache_dir=folder, cache_subdir="")
+        # Keras prints its progress on stdout: on stderr it leaves `predict --json` readable.
+        with contextlib.redirect_stdout(sys.stderr):
+            keras.utils.get_file(name, url, cache_dir=folder, cache_subdir="")
     except BaseException:
         _remove(part)
         raise

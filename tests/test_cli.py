@@ -10,7 +10,15 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, save_safetensors, serve, small_model, timm_convmixer
+from conftest import (
+    BACKEND,
+    randomize,
+    save_safetensors,
+    serve,
+    small_model,
+    timm_convmixer,
+    to_numpy,
+)
 from digits import digits_32
 from PIL import Image
 
@@ -105,6 +113,36 @@ def test_predict_with_a_saved_model_names_its_classes(tmp_path, capsys):
     assert cli_module.main(["predict", *ten, "--classes", "10", "--json"]) == 0
     (rows,) = json.loads(capsys.readouterr().out).values()
     assert len(rows) == 5 and all(row["label"].startswith("digit ") for row in rows)
+
+
+def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, monkeypatch, capsys):
+    """A checkpoint in timm's Hub layout brings its architecture, classes, label names and
+    evaluation transform (config.json), from the hub or beside a local file."""
+    from keras_convmixer.imagenet import eval_transform, preprocess_input
+
+    model = randomize(keras_convmixer.ConvMixer(16, 2, 3, 7, classes=3))  # "convmixer_tiny"
+    names = ["daisy", "rose", "tulip"]
+    timm_cfg = {"input_size": [3, 40, 40], "crop_pct": 0.8, "mean": [0.5] * 3, "std": [0.25] * 3}
+    folder = hub["root"] / "someone" / "flowers" / "resolve" / "main"
+    pretrained.save_timm(model, folder, label_names=names, data_config=timm_cfg)
+    image = eval_transform(cli_module.read_image(cli_module.sample_image_path()), 40, 0.8)
+    x = preprocess_input(image[None], "channels_last", mean=timm_cfg["mean"], std=timm_cfg["std"])
+    probs = to_numpy(model.predict(x, verbose=0))[0]
+    local = str(folder / "model.safetensors")
+    for weights in ("hf://someone/flowers", local):
+        with serve(hub["root"]) as endpoint:
+            monkeypatch.setenv("HF_ENDPOINT", endpoint)
+            assert cli_module.main(["predict", "--weights", weights, "--json"]) == 0
+        (rows,) = json.loads(capsys.readouterr().out).values()
+        assert [row["label"] for row in rows] == [names[i] for i in np.argsort(-probs)]
+        np.testing.assert_allclose([row["score"] for row in rows], np.sort(probs)[::-1], atol=2e-6)
+    # Back to Keras without --model or --classes: config.json names them.
+    assert cli_module.main(["convert", local, str(tmp_path / "back.weights.h5")]) == 0
+    back = keras_convmixer.ConvMixer(
+        16, 2, 3, 7, classes=3, weights=str(tmp_path / "back.weights.h5")
+    )
+    for ours, theirs in zip(model.weights, back.weights, strict=True):
+        np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs), err_msg=ours.path)
 
 
 def test_convert_writes_keras_weights_with_the_same_outputs(tiny_checkpoint, tmp_path):

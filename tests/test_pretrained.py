@@ -143,6 +143,8 @@ def test_mismatched_checkpoint_lists_keys_and_names_the_variant(tmp_path):
         match=r"block_0/depthwise/kernel: model \(3, 3, 16, 1\), weights \(5, 5, 16, 1\)",
     ):
         keras_convmixer.ConvMixer(16, 2, 3, 2, classes=10, weights=path)
+    with pytest.raises(ValueError, match="They classify 10 classes: pass classes=10. Shape"):
+        keras_convmixer.ConvMixer(16, 2, 5, 2, weights=path)  # 1000 classes by default
     shapes = {
         k: np.zeros(v.shape, "float32")
         for k, v in timm_convmixer(768, 32, 7, 7, "relu", 1000).state_dict().items()
@@ -424,5 +426,8 @@ def test_config_json_only_where_timm_has_the_architecture(tmp_path):
     ]
     registered = keras_convmixer.ConvMixer768_32(classes=2, input_shape=(7, 7, 3))
     assert pretrained.timm_architecture(registered) == "convmixer_768_32"
+    inverse = pretrained.variant_of_timm_architecture
+    assert inverse("convmixer_1024_20_ks9_p14") == "convmixer_1024_20"
+    assert inverse("convmixer_768_32") == "convmixer_768_32" and inverse("resnet50") is None
     with pytest.raises(ValueError, match="label_names must name each of the model's 2 classes"):
         pretrained.save_timm(registered, tmp_path / "registered", label_names=["cat"])
