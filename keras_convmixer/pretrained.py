@@ -411,8 +411,11 @@ def timm_config(weights: str) -> dict | None:
     None where there is none."""
     if is_hub_address(weights):
         owner, repo, revision, _ = HUB_ADDRESS.fullmatch(weights).groups()
+        address = f"hf://{owner}/{repo}@{revision or 'main'}/config.json"
+        if not os.path.exists(hub_url(address)[1]) and os.path.exists(hub_url(weights)[1]):
+            return None  # the weights came without one: asking again would need the network
         try:
-            path = hub_file(f"hf://{owner}/{repo}@{revision or 'main'}/config.json")
+            path = hub_file(address)
         except OSError:  # no config.json in the repository (or no network: the weights say)
             return None
     else:

@@ -136,6 +136,17 @@ def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, mon
         (rows,) = json.loads(capsys.readouterr().out).values()
         assert [row["label"] for row in rows] == [names[i] for i in np.argsort(-probs)]
         np.testing.assert_allclose([row["score"] for row in rows], np.sort(probs)[::-1], atol=2e-6)
+    # Once downloaded, both files come from the cache; a repository without config.json is
+    # not asked again for it once its weights are there.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert cli_module.main(["predict", "--weights", "hf://someone/flowers", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)
+    os.remove(
+        os.path.join(pretrained.cache_dir(), "hub", "someone", "flowers", "main", "config.json")
+    )
+    asked = []
+    monkeypatch.setattr(pretrained, "_fetch", lambda url, near: asked.append(url))
+    assert pretrained.timm_config("hf://someone/flowers") is None and asked == []
     # Back to Keras without --model or --classes: config.json names them.
     assert cli_module.main(["convert", local, str(tmp_path / "back.weights.h5")]) == 0
     back = keras_convmixer.ConvMixer(
