@@ -75,10 +75,10 @@ def build_model(name: str, weights: str | None, classes: int | None = None, **kw
     """The named variant with `weights`: "imagenet", a hub address, a path, or None;
     `classes`: its classifier size, None for the variant's."""
     from keras_convmixer.model import create_model
-    from keras_convmixer.pretrained import is_hub_address
+    from keras_convmixer.pretrained import is_hub_address, local_weights_file
 
     if weights not in (None, "imagenet") and not is_hub_address(weights):
-        _existing_file(weights)
+        _existing_file(local_weights_file(weights))
     if classes is not None:
         if weights == "imagenet" and classes != 1000:
             # The library would give the model a new classifier, to fine-tune.
@@ -160,7 +160,7 @@ def saved_model(path: str | None):
 
 def cmd_convert(args) -> int:
     """timm/PyTorch checkpoint → Keras `.weights.h5`, or any ConvMixer → timm's format."""
-    from keras_convmixer.pretrained import TORCH_SUFFIXES, save_timm, sha256
+    from keras_convmixer.pretrained import TORCH_SUFFIXES, local_weights_file, save_timm, sha256
 
     to_keras = args.output.endswith(".weights.h5")
     to_file = args.output.endswith(".safetensors")
@@ -190,7 +190,7 @@ def cmd_convert(args) -> int:
         print("no config.json: timm has no registered architecture of this shape; build")
         print("timm.models.convmixer.ConvMixer(...) with its arguments and load_state_dict()")
     if args.compare_timm:
-        reference = args.source if to_keras else written[0]
+        reference = local_weights_file(args.source) if to_keras else written[0]
         if not reference.lower().endswith((".safetensors", *TORCH_SUFFIXES)):
             raise UserError("--compare-timm needs a timm/PyTorch checkpoint as source or output")
         deviation = compare_with_timm(model, reference)

@@ -283,7 +283,7 @@ def save_timm(
         "architecture": architecture,
         "num_classes": classes,
         "num_features": int(state["stem.0.weight"].shape[0]),
-        "global_pool": "avg",
+        "global_pool": "max" if any(layer.name == "max_pool" for layer in model.layers) else "avg",
         "pretrained_cfg": pretrained_cfg,
     }
     if channels != 3:
@@ -405,10 +405,17 @@ def hub_file(address: str) -> str:
     return path
 
 
+def local_weights_file(weights: str | os.PathLike) -> str:
+    """The file of a local `weights` argument: the path itself, or a folder's
+    `model.safetensors` (timm's Hub layout, as `save_timm` writes it)."""
+    path = str(weights)
+    return os.path.join(path, "model.safetensors") if os.path.isdir(path) else path
+
+
 def timm_config(weights: str) -> dict | None:
     """timm's `config.json` that goes with a checkpoint in its Hub layout: at the root of the
-    repository and revision of `hf://OWNER/REPO[@REVISION][/FILE]`, or beside a local file;
-    None where there is none."""
+    repository and revision of `hf://OWNER/REPO[@REVISION][/FILE]`, or beside a local file
+    (in a local folder); None where there is none."""
     if is_hub_address(weights):
         owner, repo, revision, _ = HUB_ADDRESS.fullmatch(weights).groups()
         address = f"hf://{owner}/{repo}@{revision or 'main'}/config.json"
@@ -419,7 +426,7 @@ def timm_config(weights: str) -> dict | None:
         except OSError:  # no config.json in the repository (or no network: the weights say)
             return None
     else:
-        path = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
+        path = os.path.join(os.path.dirname(local_weights_file(weights)), "config.json")
         if not os.path.isfile(path):
             return None
     with open(path) as f:
@@ -537,10 +544,13 @@ def check_weights_argument(
         hub_url(weights)  # the address is checked; the download waits for the model
         return
     if weights != "imagenet":
-        if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(weights):
+        if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(
+            local_weights_file(weights)
+        ):
             raise ValueError(
-                "weights must be None, 'imagenet', hf://OWNER/REPO[@REVISION][/FILE], or the "
-                f"path of an existing weights file. Received: weights={weights!r}"
+                "weights must be None, 'imagenet', hf://OWNER/REPO[@REVISION][/FILE], the "
+                "path of an existing weights file, or a folder holding model.safetensors. "
+                f"Received: weights={weights!r}"
             )
         return
     variant = find_variant(dim, depth, kernel_size, patch_size)
@@ -578,7 +588,7 @@ def load_weights(model: keras.Model, weights, include_top: bool = True) -> None:
             include_top = model.get_layer("predictions").units == 1000
         assign(model, imagenet_arrays(variant), include_top)
         return
-    path = hub_file(weights) if is_hub_address(weights) else str(weights)
+    path = hub_file(weights) if is_hub_address(weights) else local_weights_file(weights)
     if _has_suffix(path, KERAS_SUFFIXES):
         _load_keras_weights(model, path)
         return

@@ -129,7 +129,7 @@ def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, mon
     x = preprocess_input(image[None], "channels_last", mean=timm_cfg["mean"], std=timm_cfg["std"])
     probs = to_numpy(model.predict(x, verbose=0))[0]
     local = str(folder / "model.safetensors")
-    for weights in ("hf://someone/flowers", local):
+    for weights in ("hf://someone/flowers", local, str(folder)):
         with serve(hub["root"]) as endpoint:
             monkeypatch.setenv("HF_ENDPOINT", endpoint)
             assert cli_module.main(["predict", "--weights", weights, "--json"]) == 0
@@ -148,10 +148,10 @@ def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, mon
     monkeypatch.setattr(pretrained, "_fetch", lambda url, near: asked.append(url))
     assert pretrained.timm_config("hf://someone/flowers") is None and asked == []
     # Back to Keras without --model or --classes: config.json names them.
-    assert cli_module.main(["convert", local, str(tmp_path / "back.weights.h5")]) == 0
-    back = keras_convmixer.ConvMixer(
-        16, 2, 3, 7, classes=3, weights=str(tmp_path / "back.weights.h5")
-    )
+    back_file = str(tmp_path / "back.weights.h5")
+    assert cli_module.main(["convert", str(folder), back_file, "--compare-timm"]) == 0
+    assert "max |output difference| against timm" in capsys.readouterr().out
+    back = keras_convmixer.ConvMixer(16, 2, 3, 7, classes=3, weights=back_file)
     for ours, theirs in zip(model.weights, back.weights, strict=True):
         np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs), err_msg=ours.path)
 

@@ -373,8 +373,9 @@ VALIDATION = [
     ({"depthwise_impl": "fft"}, "depthwise_impl must be 'auto', 'native' or 'shift'"),
     (
         {"weights": "/no/such/file.weights.h5"},
-        r"weights must be None, 'imagenet', hf://OWNER/REPO\[@REVISION\]\[/FILE\], or the",
+        r"weights must be None, 'imagenet', hf://OWNER/REPO\[@REVISION\]\[/FILE\], the",
     ),
+    ({"weights": os.path.dirname(__file__)}, "or a folder holding model.safetensors. Received"),
 ]
 
 

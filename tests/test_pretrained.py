@@ -4,6 +4,7 @@ against a loopback HTTP server."""
 import argparse
 import dataclasses
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -431,3 +432,10 @@ def test_config_json_only_where_timm_has_the_architecture(tmp_path):
     assert inverse("convmixer_768_32") == "convmixer_768_32" and inverse("resnet50") is None
     with pytest.raises(ValueError, match="label_names must name each of the model's 2 classes"):
         pretrained.save_timm(registered, tmp_path / "registered", label_names=["cat"])
+    features = keras_convmixer.ConvMixer768_32(
+        include_top=False, pooling="max", input_shape=(7, 7, 3)
+    )
+    pretrained.save_timm(features, tmp_path / "features")
+    with open(tmp_path / "features" / "config.json") as f:
+        config = json.load(f)
+    assert (config["global_pool"], config["num_classes"]) == ("max", 0)
