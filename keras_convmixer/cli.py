@@ -371,13 +371,15 @@ def recipe_from_args(args):
     return get_recipe(recipe or "imagenet", **overrides)
 
 
-def classifier_model(name: str, weights: str | None, classes: int, image_size: int):
-    """The variant with a `classes`-way head; pretrained weights load into the backbone when
-    the class count differs from theirs."""
+def classifier_model(
+    name: str, weights: str | None, classes: int, image_size: int, theirs: int = 1000
+):
+    """The variant with a `classes`-way head; pretrained weights (of `theirs` classes) load
+    into the backbone only when the class count differs."""
     import keras
 
     input_shape = (image_size, image_size, 3)
-    if weights is None or classes == 1000:
+    if weights is None or classes == theirs:
         return build_model(name, weights, classes=classes, input_shape=input_shape)
     backbone = build_model(name, weights, include_top=False, pooling="avg", input_shape=input_shape)
     outputs = keras.layers.Dense(
@@ -432,7 +434,16 @@ def cmd_train(args) -> int:
         batches=setup.eval_batches(val_source, batch),
     )
     with setup.scope():
-        model = classifier_model(args.model, args.weights, count, recipe.image_size)
+        model = saved_model(args.weights)  # train's own model.keras: trained on
+        if model is None:
+            name = model_name(args, "convmixer_256_8")
+            theirs = checkpoint_card(args).get("num_classes", 1000)
+            model = classifier_model(name, args.weights, count, recipe.image_size, theirs)
+        elif args.model or model.output_shape[-1] != count:
+            raise UserError(
+                f"--weights {args.weights} is a model of {model.output_shape[-1]} classes, "
+                f"trained on as it is: without --model, for data of as many classes ({count})"
+            )
         if args.freeze is not None:
             training.freeze(model, None if args.freeze == "all" else args.freeze)
         training.compile_for_recipe(model, recipe, steps_per_epoch=steps)
@@ -658,13 +669,21 @@ def parser() -> argparse.ArgumentParser:
     data_args.add_argument(
         "--recipe",
         choices=("imagenet", "cifar10"),
-        help="default: imagenet; evaluate: recipe.json beside --weights MODEL.keras, if there",
+        help="default: recipe.json beside --weights MODEL.keras, else imagenet",
     )
     add_recipe_flags(data_args)
 
     p = sub.add_parser("train", parents=[common, data_args], help="train or fine-tune")
-    p.add_argument("--model", default="convmixer_256_8", help=MODEL_HELP)
-    p.add_argument("--weights", help=f"start from 'imagenet', {HUB} or a file")
+    p.add_argument(
+        "--model",
+        help=f"{MODEL_HELP}; default: the architecture that the checkpoint's config.json names, "
+        "else convmixer_256_8",
+    )
+    p.add_argument(
+        "--weights",
+        help=f"start from 'imagenet', {HUB}, a file, or a .keras model (and its recipe.json, "
+        "classes.json)",
+    )
     p.add_argument("--output", required=True, help="folder for checkpoints, logs and the model")
     p.add_argument(
         "--freeze",
@@ -679,7 +698,7 @@ def parser() -> argparse.ArgumentParser:
         "--steps-per-epoch", type=at_least(1), help="needed when the data size is unknown"
     )
     p.add_argument("--seed", type=at_least(0), help="reproducible run")
-    p.set_defaults(run=cmd_train)
+    p.set_defaults(run=cmd_train, saved_model_argument="weights")
 
     p = sub.add_parser("evaluate", parents=[common, data_args], help="top-1 / top-5 accuracy")
     p.add_argument("--model", help=MODEL_OR_CONFIG_HELP)

@@ -398,14 +398,30 @@ def test_train_on_an_image_folder_then_evaluate(tmp_path):
 
 def test_train_freeze_keeps_the_first_blocks_as_loaded(tiny_checkpoint, tmp_path, capsys):
     tfds = pytest.importorskip("tensorflow_datasets")
-    out = tmp_path / "run"
-    args = ["train", "--model", TINY, "--weights", tiny_checkpoint, "--tfds", "cifar10"]
-    args += ["--epochs", "1", "--batch-size", "16", "--no-mixed-precision", "--seed", "0"]
+    out, again = tmp_path / "run", tmp_path / "again"
+    data = ["--tfds", "cifar10", "--seed", "0"]
+    args = ["train", "--model", TINY, "--weights", tiny_checkpoint, *data, "--epochs", "1"]
+    args += ["--batch-size", "16", "--image-size", "32", "--no-mixed-precision"]
     with tfds.testing.mock_data(num_examples=32):
         assert cli_module.main([*args, "--freeze", "1", "--output", str(out)]) == 0
         assert cli_module.main([*args, "--freeze", "3", "--output", str(out)]) == 2
-    assert "blocks must be at most the model's depth, 2" in capsys.readouterr().err
+        assert "blocks must be at most the model's depth, 2" in capsys.readouterr().err
+        # Training a model.keras again: its architecture, recipe.json and frozen layers.
+        more = ["train", "--weights", str(out / "model.keras"), *data, "--output", str(again)]
+        assert cli_module.main(more) == 0
+        assert cli_module.main([*more, "--model", TINY]) == 2
+        assert "trained on as it is: without --model" in capsys.readouterr().err
     tuned = keras.saving.load_model(out / "model.keras")
+    assert (again / "recipe.json").read_text() == (out / "recipe.json").read_text()
+    retuned = keras.saving.load_model(again / "model.keras")
+    for name in ("stem", "block_0"):
+        pairs = zip(tuned.get_layer(name).weights, retuned.get_layer(name).weights, strict=True)
+        for ours, theirs in pairs:
+            np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs), err_msg=ours.path)
+    assert not np.array_equal(
+        to_numpy(tuned.get_layer("block_1").weights[0]),
+        to_numpy(retuned.get_layer("block_1").weights[0]),
+    )
     loaded = cli_module.build_model(
         TINY, tiny_checkpoint, include_top=False, input_shape=(32, 32, 3)
     )
