@@ -414,8 +414,8 @@ def local_weights_file(weights: str | os.PathLike) -> str:
 
 def timm_config(weights: str) -> dict | None:
     """timm's `config.json` that goes with a checkpoint in its Hub layout: at the root of the
-    repository and revision of `hf://OWNER/REPO[@REVISION][/FILE]`, or beside a local file
-    (in a local folder); None where there is none."""
+    repository and revision of `hf://OWNER/REPO[@REVISION][/FILE]`, or in a local folder
+    beside its `model.safetensors` or `pytorch_model.bin`; None where there is none."""
     if is_hub_address(weights):
         owner, repo, revision, _ = HUB_ADDRESS.fullmatch(weights).groups()
         address = f"hf://{owner}/{repo}@{revision or 'main'}/config.json"
@@ -426,9 +426,10 @@ def timm_config(weights: str) -> dict | None:
         except OSError:  # no config.json in the repository (or no network: the weights say)
             return None
     else:
-        path = os.path.join(os.path.dirname(local_weights_file(weights)), "config.json")
-        if not os.path.isfile(path):
-            return None
+        folder, name = os.path.split(local_weights_file(weights))
+        path = os.path.join(folder, "config.json")
+        if name not in ("model.safetensors", "pytorch_model.bin") or not os.path.isfile(path):
+            return None  # a config.json beside another file may describe something else
     with open(path) as f:
         config = json.load(f)
     return config if isinstance(config, dict) else None

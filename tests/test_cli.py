@@ -136,6 +136,12 @@ def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, mon
         (rows,) = json.loads(capsys.readouterr().out).values()
         assert [row["label"] for row in rows] == [names[i] for i in np.argsort(-probs)]
         np.testing.assert_allclose([row["score"] for row in rows], np.sort(probs)[::-1], atol=2e-6)
+    # A config.json beside a file of another name is not the checkpoint's.
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "config.json").write_text((folder / "config.json").read_text())
+    (other / "flowers.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    assert pretrained.timm_config(str(other / "flowers.safetensors")) is None
     # Once downloaded, both files come from the cache; a repository without config.json is
     # not asked again for it once its weights are there.
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
