@@ -20,10 +20,6 @@ MODEL_HELP = (
     "convmixer_1536_20, convmixer_768_32, convmixer_1024_20, convmixer_256_8, or any "
     "convmixer_DIM_DEPTH[_kKERNEL][_pPATCH][_relu]"
 )
-MODEL_OR_CONFIG_HELP = (
-    f"{MODEL_HELP}; default: the architecture that the checkpoint's config.json names, "
-    "else convmixer_1536_20"
-)
 HUB = "hf://OWNER/REPO[@REV][/FILE]"
 MODES_DISTRIBUTE = ("auto", "none", "mirrored", "multi-worker", "data-parallel")
 
@@ -51,6 +47,11 @@ def at_least(minimum: int):
         return value
 
     return parse
+
+
+def model_help(otherwise: str) -> str:
+    """--model's help: the names, and the default from the checkpoint's config.json."""
+    return f"{MODEL_HELP}; default: the architecture that config.json names, {otherwise}"
 
 
 def blocks_or_all(text: str) -> int | str:
@@ -538,7 +539,10 @@ def cmd_export(args) -> int:
     model = saved_model(args.weights)
     if model is None:
         model = build_model(
-            args.model, args.weights, include_preprocessing=args.include_preprocessing
+            model_name(args, "convmixer_1536_20"),
+            args.weights,
+            checkpoint_card(args).get("num_classes"),
+            include_preprocessing=args.include_preprocessing,
         )
     if to_onnx:
         import torch
@@ -617,7 +621,7 @@ def parser() -> argparse.ArgumentParser:
         "predict", parents=[common], help="classify images (default: a bundled cat photo)"
     )
     p.add_argument("images", nargs="*", help="image files; none: the bundled sample photo")
-    p.add_argument("--model", help=MODEL_OR_CONFIG_HELP)
+    p.add_argument("--model", help=model_help("else convmixer_1536_20"))
     p.add_argument(
         "--weights",
         default="imagenet",
@@ -652,7 +656,7 @@ def parser() -> argparse.ArgumentParser:
         help="FILE.weights.h5 (Keras), FILE.safetensors (timm's state dict), or a folder "
         "(timm's Hugging Face layout: model.safetensors, config.json)",
     )
-    p.add_argument("--model", help=f"{MODEL_HELP} (not with a .keras source)")
+    p.add_argument("--model", help=model_help("needed otherwise (not with a .keras source)"))
     p.add_argument("--classes", type=at_least(1), help="classifier size; default: the variant's")
     p.add_argument(
         "--classes-file", help="JSON class names for config.json; default: classes.json beside"
@@ -676,8 +680,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common, data_args], help="train or fine-tune")
     p.add_argument(
         "--model",
-        help=f"{MODEL_HELP}; default: the architecture that the checkpoint's config.json names, "
-        "else convmixer_256_8",
+        help=model_help("else convmixer_256_8"),
     )
     p.add_argument(
         "--weights",
@@ -701,7 +704,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_train, saved_model_argument="weights")
 
     p = sub.add_parser("evaluate", parents=[common, data_args], help="top-1 / top-5 accuracy")
-    p.add_argument("--model", help=MODEL_OR_CONFIG_HELP)
+    p.add_argument("--model", help=model_help("else convmixer_1536_20"))
     p.add_argument(
         "--weights",
         default="imagenet",
@@ -736,7 +739,7 @@ def parser() -> argparse.ArgumentParser:
         "export", parents=[common], help="a SavedModel folder, or an .onnx file (torch backend)"
     )
     p.add_argument("output", help="a folder (TensorFlow SavedModel) or FILE.onnx")
-    p.add_argument("--model", default="convmixer_1536_20", help=MODEL_HELP)
+    p.add_argument("--model", help=model_help("else convmixer_1536_20"))
     p.add_argument(
         "--weights",
         default="imagenet",
@@ -748,7 +751,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="take RGB in [0, 255] (ImageNet normalisation inside the model)",
     )
-    p.set_defaults(run=cmd_export)
+    p.set_defaults(run=cmd_export, saved_model_argument="weights")
 
     p = sub.add_parser("info", parents=[common], help="versions, backend, devices, weights cache")
     p.set_defaults(run=cmd_info)
