@@ -25,7 +25,7 @@ def readme_examples() -> list[str]:
 
 def test_the_readme_examples_run(hub, tmp_path, monkeypatch):
     examples = readme_examples()
-    assert len(examples) == 5, "README examples added or removed: update this test"
+    assert len(examples) == 6, "README examples added or removed: update this test"
     for text in ONE_EPOCH:
         assert text in "".join(examples), f"README no longer says {text!r}: update ONE_EPOCH"
     flagship = functools.partial(keras_convmixer.ConvMixer, 16, 2, 3, 7)  # hub's tiny variant
