@@ -184,7 +184,12 @@ def cmd_convert(args) -> int:
         model.save_weights(args.output)
         written = [args.output]
     else:
-        written = save_timm(model, args.output, label_names=_read_classes(args))
+        recipe, data_config = _saved_recipe(args), None
+        if recipe is not None:  # its evaluation transform, for timm and for predict
+            size, crop = recipe.image_size, recipe.crop_pct
+            data_config = {"input_size": [3, size, size], "crop_pct": crop}
+            data_config |= {"mean": list(recipe.mean), "std": list(recipe.std)}
+        written = save_timm(model, args.output, _read_classes(args), data_config)
     for path in written:
         print(f"wrote {path}  sha256 {sha256(path)}")
     if to_folder and len(written) == 1:
@@ -343,17 +348,25 @@ def _class_count(classes) -> int:
     return classes if isinstance(classes, int) else len(classes)
 
 
+def _saved_recipe(args):
+    """The `recipe.json` that `train` wrote beside a `.keras` model, as a Recipe; or None."""
+    from keras_convmixer.training import Recipe
+
+    saved = _beside_saved_model(args, "recipe.json")
+    if not saved:
+        return None
+    with open(saved) as f:
+        fields = json.load(f)
+    return Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
 def recipe_from_args(args):
     """`--recipe` with the recipe flags given; without `--recipe`, the `recipe.json` that
     `train` wrote beside a `--weights MODEL.keras`, else the ImageNet recipe with the
     evaluation transform of the checkpoint's config.json, if any."""
     from keras_convmixer.training import Recipe, get_recipe
 
-    recipe, saved = args.recipe, _beside_saved_model(args, "recipe.json")
-    if recipe is None and saved:
-        with open(saved) as f:
-            fields = json.load(f)
-        recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    recipe = args.recipe or _saved_recipe(args)
     if recipe is None and "pretrained_cfg" in checkpoint_card(args):
         timm = checkpoint_card(args)["pretrained_cfg"]
         found = {

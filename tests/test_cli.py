@@ -207,11 +207,20 @@ def test_convert_takes_the_class_names_beside_a_keras_model(tmp_path):
     model = keras_convmixer.ConvMixer1024_20(classes=2, input_shape=(28, 28, 3))
     model.save(tmp_path / "model.keras")
     (tmp_path / "classes.json").write_text(json.dumps(["cat", "dog"]))
+    recipe = training.get_recipe("cifar10", image_size=28, crop_pct=0.9)
+    (tmp_path / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe)))
     assert cli_module.main(["convert", str(tmp_path / "model.keras"), str(tmp_path / "hf")]) == 0
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architecture"] == "convmixer_1024_20_ks9_p14"
     assert config["label_names"] == ["cat", "dog"]
-    assert config["pretrained_cfg"]["input_size"] == [3, 28, 28]
+    # The evaluation transform of the run's recipe.json, which predict reads back.
+    timm_cfg = config["pretrained_cfg"]
+    assert timm_cfg["input_size"] == [3, 28, 28] and timm_cfg["crop_pct"] == 0.9
+    assert (timm_cfg["mean"], timm_cfg["std"]) == (list(recipe.mean), list(recipe.std))
+    args = cli_module.parser().parse_args(["predict", "--weights", str(tmp_path / "hf")])
+    assert cli_module.recipe_from_args(args) == training.get_recipe(
+        "imagenet", image_size=28, crop_pct=0.9, mean=recipe.mean, std=recipe.std
+    )
 
 
 @pytest.mark.parametrize(
