@@ -71,16 +71,17 @@ def assert_same_evaluation(single, other, images: int) -> None:
     assert many["loss"] * many["images"] / one["images"] == pytest.approx(one["loss"], rel=1e-4)
 
 
-@pytest.fixture
-def initial(tmp_path):
-    path = tmp_path / "initial.weights.h5"
+@pytest.fixture(scope="module")
+def initial(tmp_path_factory):
+    path = tmp_path_factory.mktemp("initial") / "initial.weights.h5"
     keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3).save_weights(path)
     return path
 
 
-@pytest.fixture
-def single(tmp_path, initial):
-    out = tmp_path / "single.npz"
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, initial):
+    """The one-device run that every strategy is compared with (once: it is deterministic)."""
+    out = tmp_path_factory.mktemp("single") / "single.npz"
     finish([run_worker(BACKEND, "none", initial, out)])
     return out
 
