@@ -431,7 +431,10 @@ def timm_config(weights: str) -> dict | None:
         if name not in ("model.safetensors", "pytorch_model.bin") or not os.path.isfile(path):
             return None  # a config.json beside another file may describe something else
     with open(path) as f:
-        config = json.load(f)
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not timm's config.json: {error}") from None
     return config if isinstance(config, dict) else None
 
 

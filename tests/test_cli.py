@@ -142,6 +142,10 @@ def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, mon
     (other / "config.json").write_text((folder / "config.json").read_text())
     (other / "flowers.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     assert pretrained.timm_config(str(other / "flowers.safetensors")) is None
+    (other / "model.safetensors").write_bytes(b"")
+    (other / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not timm's config.json: Expecting"):
+        pretrained.timm_config(str(other))
     # Once downloaded, both files come from the cache; a repository without config.json is
     # not asked again for it once its weights are there.
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
