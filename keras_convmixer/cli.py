@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -101,6 +102,27 @@ def read_image(path: str):
         raise UserError(f"cannot read image {path}: {error}") from None
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_paths(items: list[str]) -> list[str]:
+    """Image files as given, a folder's image files (sorted) in its place; each must exist."""
+    paths = []
+    for item in items:
+        if not os.path.isdir(item):
+            paths.append(_existing_file(item))
+            continue
+        found = sorted(
+            os.path.join(item, name)
+            for name in os.listdir(item)
+            if name.lower().endswith(IMAGE_SUFFIXES)
+        )
+        if not found:
+            raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {item}")
+        paths += found
+    return paths
+
+
 def sample_image_path() -> str:
     """A CC0 photo of a tabby cat (scikit-image's `chelsea.png`) bundled with the package."""
     return str(resources.files("keras_convmixer").joinpath("sample_cat.png"))
@@ -114,15 +136,21 @@ def cmd_predict(args) -> int:
     from keras_convmixer.imagenet import decode_predictions, eval_transform, preprocess_input
 
     recipe = recipe_from_args(args)
-    paths = args.images or [sample_image_path()]
-    size, crop = recipe.image_size, recipe.crop_pct
-    images = np.stack([eval_transform(read_image(p), size, crop) for p in paths])
-    images = preprocess_input(images, "channels_last", mean=recipe.mean, std=recipe.std)
+    paths = image_paths(args.images) or [sample_image_path()]
+
+    def inputs(chunk):
+        size, crop = recipe.image_size, recipe.crop_pct
+        images = np.stack([eval_transform(read_image(p), size, crop) for p in chunk])
+        return preprocess_input(images, "channels_last", mean=recipe.mean, std=recipe.std)
+
+    chunks = [paths[i : i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
+    first = inputs(chunks[0])  # an unreadable image is found before the model loads
     model = saved_model(args.weights)
     if model is None:
         classes = args.classes or checkpoint_card(args).get("num_classes")
         model = build_model(model_name(args, "convmixer_1536_20"), args.weights, classes)
-    probs = np.asarray(model.predict(images, verbose=0))
+    batches = itertools.chain([first], map(inputs, chunks[1:]))
+    probs = np.concatenate([np.asarray(model.predict(x, verbose=0)) for x in batches])
     names = _read_classes(args)
     if names is not None and len(names) != probs.shape[-1]:
         raise UserError(f"{len(names)} class names for a model of {probs.shape[-1]} classes")
@@ -633,7 +661,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict", parents=[common], help="classify images (default: a bundled cat photo)"
     )
-    p.add_argument("images", nargs="*", help="image files; none: the bundled sample photo")
+    p.add_argument(
+        "images", nargs="*", help="image files or folders of them; none: the bundled sample photo"
+    )
+    p.add_argument(
+        "--batch-size", type=at_least(1), default=32, help="images read and classified at once"
+    )
     p.add_argument("--model", help=model_help("else convmixer_1536_20"))
     p.add_argument(
         "--weights",

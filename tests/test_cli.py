@@ -169,6 +169,32 @@ def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, mon
             np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs), err_msg=ours.path)
 
 
+def test_predict_classifies_a_folder_in_batches(tmp_path, capsys):
+    from keras_convmixer.imagenet import eval_transform, preprocess_input
+
+    model = small_model(classifier_activation="softmax")
+    model.save(tmp_path / "model.keras")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(4)
+    for name in ("b.png", "a.JPG", "c.webp"):
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(photos / name)
+    (photos / "notes.txt").write_text("not an image")
+    args = ["predict", str(photos), "--weights", str(tmp_path / "model.keras"), "--json"]
+    assert cli_module.main([*args, "--batch-size", "2", "--recipe", "cifar10", "--top", "5"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert list(results) == [str(photos / name) for name in ("a.JPG", "b.png", "c.webp")]
+    cifar = training.get_recipe("cifar10")
+    for path, rows in results.items():
+        image = eval_transform(cli_module.read_image(path), 32, 1.0)
+        x = preprocess_input(image[None], "channels_last", mean=cifar.mean, std=cifar.std)
+        probs = to_numpy(model.predict(x, verbose=0))[0]
+        np.testing.assert_allclose([row["score"] for row in rows], np.sort(probs)[::-1], atol=2e-6)
+    (tmp_path / "empty").mkdir()
+    assert cli_module.main(["predict", str(tmp_path / "empty")]) == 2
+    assert "no image files (.jpg, " in capsys.readouterr().err
+
+
 def test_convert_writes_keras_weights_with_the_same_outputs(tiny_checkpoint, tmp_path):
     out = tmp_path / "tiny.weights.h5"
     result = cli("convert", tiny_checkpoint, str(out), "--model", TINY)
