@@ -143,7 +143,7 @@ def cmd_predict(args) -> int:
         images = np.stack([eval_transform(read_image(p), size, crop) for p in chunk])
         return preprocess_input(images, "channels_last", mean=recipe.mean, std=recipe.std)
 
-    chunks = [paths[i : i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
+    chunks = [paths[i : i + args.batch] for i in range(0, len(paths), args.batch)]
     first = inputs(chunks[0])  # an unreadable image is found before the model loads
     model = saved_model(args.weights)
     if model is None:
@@ -665,7 +665,11 @@ def parser() -> argparse.ArgumentParser:
         "images", nargs="*", help="image files or folders of them; none: the bundled sample photo"
     )
     p.add_argument(
-        "--batch-size", type=at_least(1), default=32, help="images read and classified at once"
+        "--batch-size",
+        dest="batch",  # not the recipe's batch_size
+        type=at_least(1),
+        default=32,
+        help="images read and classified at once",
     )
     p.add_argument("--model", help=model_help("else convmixer_1536_20"))
     p.add_argument(
