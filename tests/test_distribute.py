@@ -99,7 +99,7 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path, init
 
 CLUSTER_CHECK = """
 import tensorflow as tf
-from keras_convmixer import cli, distribute
+from keras_convmixer import distribute
 setup = distribute.setup()
 value = setup.strategy.run(lambda: tf.constant(float(setup.worker_index + 1)))
 total = setup.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
