@@ -57,9 +57,14 @@ def model_help(otherwise: str) -> str:
 
 def blocks_or_all(text: str) -> int | str:
     """An argparse type: 'all' or an integer ≥ 0."""
-    if text == "all" or text.isdigit():
-        return text if text == "all" else int(text)
-    raise argparse.ArgumentTypeError(f"must be 'all' or an integer ≥ 0; received {text!r}")
+    if text == "all":
+        return text
+    try:
+        return at_least(0)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'all' or an integer ≥ 0; received {text!r}"
+        ) from None
 
 
 def positive_float(text: str) -> float:
@@ -102,7 +107,8 @@ def read_image(path: str):
         raise UserError(f"cannot read image {path}: {error}") from None
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# What PIL reads for predict (tf.data's decoding, for training, takes fewer: data.IMAGE_SUFFIXES).
+PIL_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def image_paths(items: list[str]) -> list[str]:
@@ -115,10 +121,10 @@ def image_paths(items: list[str]) -> list[str]:
         found = sorted(
             os.path.join(item, name)
             for name in os.listdir(item)
-            if name.lower().endswith(IMAGE_SUFFIXES)
+            if name.lower().endswith(PIL_SUFFIXES)
         )
         if not found:
-            raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {item}")
+            raise UserError(f"no image files ({', '.join(PIL_SUFFIXES)}) in {item}")
         paths += found
     return paths
 
