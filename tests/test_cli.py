@@ -522,13 +522,20 @@ def test_evaluate_imagenet_weights_says_the_published_top1(hub, monkeypatch, cap
     assert lines[-1] == "published top-1 on the ImageNet-1k validation set: 0.8137"
 
 
-def test_export_gives_the_models_outputs(tiny_checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("source", ["file", "folder"])
+def test_export_gives_the_models_outputs(source, hub, tiny_checkpoint, tmp_path, capsys):
     onnx = BACKEND == "torch"
     out = str(tmp_path / ("m.onnx" if onnx else "served"))
-    args = ["export", out, "--model", TINY, "--weights", tiny_checkpoint, "--image-size", "32"]
-    assert cli_module.main([*args, "--include-preprocessing"]) == 0
+    if source == "file":
+        model = keras_convmixer.ConvMixer(16, 2, 3, 2, weights=tiny_checkpoint)
+        weights = ["--model", TINY, "--weights", tiny_checkpoint]
+    else:  # timm's Hub layout: its config.json names the architecture and the classes
+        model = randomize(keras_convmixer.ConvMixer(16, 2, 3, 7, classes=3))  # "convmixer_tiny"
+        pretrained.save_timm(model, tmp_path / "folder")
+        weights = ["--weights", str(tmp_path / "folder")]
+    args = ["export", out, *weights, "--image-size", "32", "--include-preprocessing"]
+    assert cli_module.main(args) == 0
     assert capsys.readouterr().out.startswith(f"wrote {out}")
-    model = keras_convmixer.ConvMixer(16, 2, 3, 2, weights=tiny_checkpoint)
     rng = np.random.default_rng(3)
     if onnx:
         import onnxruntime
