@@ -115,19 +115,25 @@ def test_predict_with_a_saved_model_names_its_classes(tmp_path, capsys):
     assert len(rows) == 5 and all(row["label"].startswith("digit ") for row in rows)
 
 
+def predicted(model, path, size, crop, mean, std) -> np.ndarray:
+    """The model's probabilities for an image file through an evaluation transform."""
+    from keras_convmixer.imagenet import eval_transform, preprocess_input
+
+    image = eval_transform(cli_module.read_image(path), size, crop)
+    x = preprocess_input(image[None], "channels_last", mean=mean, std=std)
+    return to_numpy(model.predict(x, verbose=0))[0]
+
+
 def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, monkeypatch, capsys):
     """A checkpoint in timm's Hub layout brings its architecture, classes, label names and
     evaluation transform (config.json), from the hub or beside a local file."""
-    from keras_convmixer.imagenet import eval_transform, preprocess_input
-
     model = randomize(keras_convmixer.ConvMixer(16, 2, 3, 7, classes=3))  # "convmixer_tiny"
     names = ["daisy", "rose", "tulip"]
     timm_cfg = {"input_size": [3, 40, 40], "crop_pct": 0.8, "mean": [0.5] * 3, "std": [0.25] * 3}
     folder = hub["root"] / "someone" / "flowers" / "resolve" / "main"
     pretrained.save_timm(model, folder, label_names=names, data_config=timm_cfg)
-    image = eval_transform(cli_module.read_image(cli_module.sample_image_path()), 40, 0.8)
-    x = preprocess_input(image[None], "channels_last", mean=timm_cfg["mean"], std=timm_cfg["std"])
-    probs = to_numpy(model.predict(x, verbose=0))[0]
+    photo = cli_module.sample_image_path()
+    probs = predicted(model, photo, 40, 0.8, timm_cfg["mean"], timm_cfg["std"])
     local = str(folder / "model.safetensors")
     for weights in ("hf://someone/flowers", local, str(folder)):
         with serve(hub["root"]) as endpoint:
@@ -170,8 +176,6 @@ def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, mon
 
 
 def test_predict_classifies_a_folder_in_batches(tmp_path, capsys):
-    from keras_convmixer.imagenet import eval_transform, preprocess_input
-
     model = small_model(classifier_activation="softmax")
     model.save(tmp_path / "model.keras")
     photos = tmp_path / "photos"
@@ -186,9 +190,7 @@ def test_predict_classifies_a_folder_in_batches(tmp_path, capsys):
     assert list(results) == [str(photos / name) for name in ("a.JPG", "b.png", "c.webp")]
     cifar = training.get_recipe("cifar10")
     for path, rows in results.items():
-        image = eval_transform(cli_module.read_image(path), 32, 1.0)
-        x = preprocess_input(image[None], "channels_last", mean=cifar.mean, std=cifar.std)
-        probs = to_numpy(model.predict(x, verbose=0))[0]
+        probs = predicted(model, path, 32, 1.0, cifar.mean, cifar.std)
         np.testing.assert_allclose([row["score"] for row in rows], np.sort(probs)[::-1], atol=2e-6)
     (tmp_path / "empty").mkdir()
     assert cli_module.main(["predict", str(tmp_path / "empty")]) == 2
