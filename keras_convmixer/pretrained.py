@@ -227,6 +227,11 @@ def timm_architecture(model: keras.Model) -> str | None:
         return None
     if get_activation(block.activation) is not get_activation(VARIANTS[variant].activation):
         return None
+    return _timm_name(variant)
+
+
+def _timm_name(variant: str) -> str:
+    """timm's architecture name of a variant with published weights: its repository's stem."""
     return WEIGHTS[variant].repo.split(".")[0]
 
 
@@ -441,10 +446,7 @@ def timm_config(weights: str) -> dict | None:
 def variant_of_timm_architecture(architecture: str | None) -> str | None:
     """This package's variant name for a timm architecture name (`timm_architecture`'s
     inverse), or None."""
-    for variant, checkpoint in WEIGHTS.items():
-        if checkpoint.repo.split(".")[0] == architecture:
-            return variant
-    return None
+    return next((variant for variant in WEIGHTS if _timm_name(variant) == architecture), None)
 
 
 def converted_path(variant: str) -> str:
