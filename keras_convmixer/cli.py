@@ -78,20 +78,32 @@ def positive_float(text: str) -> float:
     return value
 
 
-def build_model(name: str, weights: str | None, classes: int | None = None, **kwargs):
-    """The named variant with `weights`: "imagenet", a hub address, a path, or None;
-    `classes`: its classifier size, None for the variant's."""
-    from keras_convmixer.model import create_model
-    from keras_convmixer.pretrained import is_hub_address, local_weights_file
+def build_model(
+    name: str, weights: str | None, classes: int | None = None, fine_tune: bool = False, **kwargs
+):
+    """The named variant with `weights` ("imagenet", a hub address, a path, or None) and
+    `classes` classes, by default the checkpoint's. A checkpoint of another class count is
+    refused; with `fine_tune` (train) its backbone loads under a new classifier, a bare file's
+    classifier counting as the variant's (timm's assumption)."""
+    from keras_convmixer import pretrained
+    from keras_convmixer.model import create_model, variant_from_name
 
-    if weights not in (None, "imagenet") and not is_hub_address(weights):
-        _existing_file(local_weights_file(weights))
-    if classes is not None:
-        if weights == "imagenet" and classes != 1000:
-            # The library would give the model a new classifier, to fine-tune.
-            raise UserError(f"the ImageNet weights classify 1000 classes, not {classes}")
-        kwargs["classes"] = classes
-    return create_model(name, weights=weights, **kwargs)
+    if weights not in (None, "imagenet") and not pretrained.is_hub_address(weights):
+        _existing_file(pretrained.local_weights_file(weights))
+    theirs = pretrained.published_classes(weights)
+    keras_file = str(weights).lower().endswith(pretrained.KERAS_SUFFIXES)
+    bare = theirs is None and weights is not None and not keras_file
+    if fine_tune and bare:
+        theirs = variant_from_name(name).classes
+    if classes is not None and theirs not in (None, classes):
+        if not fine_tune:
+            source = "the ImageNet weights classify" if weights == "imagenet" else f"{weights} has"
+            raise UserError(f"{source} {theirs} classes, not {classes}")
+        if bare:  # the library loads a bare file whole: load its backbone here
+            model = create_model(name, classes=classes, **kwargs)
+            pretrained.load_weights(model, weights, include_top=False)
+            return model
+    return create_model(name, weights=weights, classes=classes, **kwargs)
 
 
 def read_image(path: str):
@@ -153,8 +165,7 @@ def cmd_predict(args) -> int:
     first = inputs(chunks[0])  # an unreadable image is found before the model loads
     model = saved_model(args.weights)
     if model is None:
-        classes = args.classes or checkpoint_card(args).get("num_classes")
-        model = build_model(model_name(args, "convmixer_1536_20"), args.weights, classes)
+        model = build_model(model_name(args, "convmixer_1536_20"), args.weights, args.classes)
     batches = itertools.chain([first], map(inputs, chunks[1:]))
     probs = np.concatenate([np.asarray(model.predict(x, verbose=0)) for x in batches])
     names = _read_classes(args)
@@ -212,8 +223,7 @@ def cmd_convert(args) -> int:
         name = model_name(args, "")
         if not name:
             raise UserError(f"--model is needed to read {args.source} (all but .keras files)")
-        classes = args.classes or checkpoint_card(args).get("num_classes")
-        model = build_model(name, args.source, classes, classifier_activation=None)
+        model = build_model(name, args.source, args.classes, classifier_activation=None)
     if to_keras:
         model.save_weights(args.output)
         written = [args.output]
@@ -419,23 +429,6 @@ def recipe_from_args(args):
     return get_recipe(recipe or "imagenet", **overrides)
 
 
-def classifier_model(
-    name: str, weights: str | None, classes: int, image_size: int, theirs: int = 1000
-):
-    """The variant with a `classes`-way head; pretrained weights (of `theirs` classes) load
-    into the backbone only when the class count differs."""
-    import keras
-
-    input_shape = (image_size, image_size, 3)
-    if weights is None or classes == theirs:
-        return build_model(name, weights, classes=classes, input_shape=input_shape)
-    backbone = build_model(name, weights, include_top=False, pooling="avg", input_shape=input_shape)
-    outputs = keras.layers.Dense(
-        classes, activation="softmax", dtype="float32", name="predictions"
-    )(backbone.output)
-    return keras.Model(backbone.input, outputs, name=name)
-
-
 def cmd_train(args) -> int:
     import keras
 
@@ -485,8 +478,8 @@ def cmd_train(args) -> int:
         model = saved_model(args.weights)  # train's own model.keras: trained on
         if model is None:
             name = model_name(args, "convmixer_256_8")
-            theirs = checkpoint_card(args).get("num_classes", 1000)
-            model = classifier_model(name, args.weights, count, recipe.image_size, theirs)
+            input_shape = (recipe.image_size, recipe.image_size, 3)
+            model = build_model(name, args.weights, count, fine_tune=True, input_shape=input_shape)
         elif args.model or model.output_shape[-1] != count:
             raise UserError(
                 f"--weights {args.weights} is a model of {model.output_shape[-1]} classes, "
@@ -588,7 +581,6 @@ def cmd_export(args) -> int:
         model = build_model(
             model_name(args, "convmixer_1536_20"),
             args.weights,
-            checkpoint_card(args).get("num_classes"),
             include_preprocessing=args.include_preprocessing,
         )
     if to_onnx:

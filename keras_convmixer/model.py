@@ -69,19 +69,29 @@ def variant_from_name(name: str) -> Variant:
     return Variant(int(dim), int(depth), int(kernel or 9), int(patch or 7), activation or "gelu")
 
 
-def create_model(name: str, **kwargs) -> keras.Model:
+def create_model(name: str, /, **kwargs) -> keras.Model:
     """A ConvMixer by name, like `timm.create_model`: `create_model("convmixer_768_32",
     weights="imagenet")`, or a spelled-out size such as `"convmixer_256_8_k5_p2"`.
 
     Args:
         name: str. See `variant_from_name`.
         **kwargs: any `ConvMixer` argument but the shape ones; `classes` defaults to the
-            variant's (10 for convmixer_256_8, else 1000).
+            checkpoint's where it says, else the variant's (10 for convmixer_256_8, else 1000).
     """
     v = variant_from_name(name)
-    kwargs.setdefault("classes", v.classes)
+    if kwargs.get("classes") is None:
+        published = _published_classes(kwargs.get("weights"), kwargs.get("include_top", True))
+        kwargs["classes"] = published or v.classes
     kwargs.setdefault("name", name)
     return ConvMixer(v.dim, v.depth, v.kernel_size, v.patch_size, v.activation, **kwargs)
+
+
+def _published_classes(weights, include_top: bool) -> int | None:
+    """The class count that `weights` publish (`pretrained.published_classes`); None for a
+    model without a classifier."""
+    from keras_convmixer import pretrained  # imported here: it imports this module
+
+    return pretrained.published_classes(weights) if include_top else None
 
 
 def find_variant(dim, depth, kernel_size, patch_size) -> str | None:
@@ -130,7 +140,7 @@ def ConvMixer(
     input_tensor=None,
     input_shape: tuple | None = None,
     pooling: str | None = None,
-    classes: int = 1000,
+    classes: int | None = None,
     classifier_activation="softmax",
     include_preprocessing: bool = False,
     data_format: str | None = None,
@@ -159,9 +169,11 @@ def ConvMixer(
             channels_first); height and width may be None. Defaults to `(None, None, 3)`.
         pooling: `None`, `"avg"` or `"max"`: global pooling of the features when
             `include_top=False` (None keeps the feature map). Defaults to None.
-        classes: int. Number of classes of the classifier. With `weights="imagenet"` and
-            other than 1000 classes, the backbone is loaded and the classifier starts from
-            its initialisation, for fine-tuning. Defaults to 1000.
+        classes: int. Number of classes of the classifier. Defaults to the checkpoint's
+            where it says (1000 for `"imagenet"`; `num_classes` of timm's config.json for a
+            Hub repository or folder), else 1000. With another count than the checkpoint's,
+            the backbone is loaded and the classifier starts from its initialisation, for
+            fine-tuning (timm's `pretrained=True, num_classes=N`).
         classifier_activation: activation of the classifier; `None` returns logits.
             Defaults to `"softmax"`. The classifier computes in float32 under mixed precision.
         include_preprocessing: bool. If True the model takes RGB in [0, 255] and applies
@@ -191,6 +203,8 @@ def ConvMixer(
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
     if include_top:
+        if classes is None:
+            classes = _published_classes(weights, include_top) or 1000
         classes = check_positive_int("classes", classes)
         get_activation(classifier_activation, "classifier_activation")
     if input_shape is None:
@@ -276,19 +290,15 @@ def _named_constructor(variant_name: str, public_name: str):
         input_tensor=None,
         input_shape: tuple | None = None,
         pooling: str | None = None,
-        classes: int = v.classes,
+        classes: int | None = None,
         classifier_activation="softmax",
         include_preprocessing: bool = False,
         data_format: str | None = None,
         depthwise_impl: str = "auto",
         name: str = variant_name,
     ) -> keras.Model:
-        return ConvMixer(
-            v.dim,
-            v.depth,
-            v.kernel_size,
-            v.patch_size,
-            v.activation,
+        return create_model(
+            variant_name,
             include_top=include_top,
             weights=weights,
             input_tensor=input_tensor,
@@ -305,7 +315,7 @@ def _named_constructor(variant_name: str, public_name: str):
     constructor.__name__ = constructor.__qualname__ = public_name
     constructor.__doc__ = (
         f"ConvMixer-{v.dim}/{v.depth} (kernel {v.kernel_size}, patch {v.patch_size}, "
-        f"{v.activation.upper()}); {v.classes} classes by default.\n\n"
+        f"{v.activation.upper()}); {v.classes} classes by default, or the checkpoint's.\n\n"
         "Same arguments as `keras_convmixer.ConvMixer`, less the shape ones.\n\n"
         f"Example:\n```python\nmodel = keras_convmixer.{public_name}()\n```\n"
     )

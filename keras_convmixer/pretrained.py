@@ -422,6 +422,7 @@ def timm_config(weights: str) -> dict | None:
     repository and revision of `hf://OWNER/REPO[@REVISION][/FILE]`, or in a local folder
     beside its `model.safetensors` or `pytorch_model.bin`; None where there is none."""
     if is_hub_address(weights):
+        hub_url(weights)  # checks the address
         owner, repo, revision, _ = HUB_ADDRESS.fullmatch(weights).groups()
         address = f"hf://{owner}/{repo}@{revision or 'main'}/config.json"
         if not os.path.exists(hub_url(address)[1]) and os.path.exists(hub_url(weights)[1]):
@@ -579,19 +580,32 @@ def check_weights_argument(
         )
 
 
+def published_classes(weights) -> int | None:
+    """How many classes a checkpoint's classifier has, where its source says so: 1000 for
+    "imagenet", the `num_classes` of timm's config.json beside a Hub or folder checkpoint;
+    None for a bare file."""
+    if weights == "imagenet":
+        return 1000
+    if weights is None or _has_suffix(str(weights), KERAS_SUFFIXES):
+        return None
+    return (timm_config(weights) or {}).get("num_classes")
+
+
 def load_weights(model: keras.Model, weights, include_top: bool = True) -> None:
     """Loads `weights` (None, "imagenet", a hub address or a path) into a model built by
-    `ConvMixer`. A classifier of other than 1000 classes keeps its initialisation under
-    "imagenet" weights (fine-tuning, as timm's `pretrained=True, num_classes=N`); files must
-    fit the model whole."""
+    `ConvMixer`. Where the checkpoint publishes another class count than the model's
+    classifier ("imagenet", timm's Hub layout), the backbone loads and the classifier keeps
+    its initialisation, for fine-tuning (timm's `pretrained=True, num_classes=N`); a bare
+    file must fit the model whole."""
     if weights is None:
         return
+    theirs = published_classes(weights)  # before the weights: a config.json is asked for first
+    if include_top and theirs is not None:
+        include_top = model.get_layer("predictions").units == theirs
     if weights == "imagenet":
         stem = model.get_layer("stem")
         block = model.get_layer("block_0")
         variant = find_variant(stem.dim, block_count(model), block.kernel_size, stem.patch_size)
-        if include_top:
-            include_top = model.get_layer("predictions").units == 1000
         assign(model, imagenet_arrays(variant), include_top)
         return
     path = hub_file(weights) if is_hub_address(weights) else local_weights_file(weights)

@@ -142,6 +142,8 @@ def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, mon
         (rows,) = json.loads(capsys.readouterr().out).values()
         assert [row["label"] for row in rows] == [names[i] for i in np.argsort(-probs)]
         np.testing.assert_allclose([row["score"] for row in rows], np.sort(probs)[::-1], atol=2e-6)
+    assert cli_module.main(["predict", "--weights", str(folder), "--classes", "5"]) == 2
+    assert f"{folder} has 3 classes, not 5" in capsys.readouterr().err
     # A config.json beside a file of another name is not the checkpoint's.
     other = tmp_path / "elsewhere"
     other.mkdir()
@@ -169,7 +171,7 @@ def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, mon
     assert "max |output difference| against timm" in capsys.readouterr().out
     back = keras_convmixer.ConvMixer(16, 2, 3, 7, classes=3, weights=back_file)
     # train keeps the classifier of a checkpoint with as many classes as the data
-    kept = cli_module.classifier_model("convmixer_tiny", str(folder), 3, 40, theirs=3)
+    kept = cli_module.build_model("convmixer_tiny", str(folder), 3, fine_tune=True)
     for loaded in (back, kept):
         for ours, theirs in zip(model.weights, loaded.weights, strict=True):
             np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs), err_msg=ours.path)

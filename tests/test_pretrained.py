@@ -278,6 +278,34 @@ def test_imagenet_backbone_under_a_new_classifier(hub, monkeypatch):
                 np.testing.assert_array_equal(to_numpy(theirs), mine, err_msg=theirs.path)
 
 
+def test_hub_layout_checkpoint_brings_its_class_count(hub, tmp_path, monkeypatch):
+    """A checkpoint in timm's Hub layout says its class count (config.json): the model takes
+    it by default, and another `classes` gives the backbone under a new classifier, as timm's
+    `create_model("hf-hub:…", pretrained=True, num_classes=N)`. A bare file fits whole."""
+    model = randomize(keras_convmixer.ConvMixer(16, 2, 3, 7, classes=3))  # "convmixer_tiny"
+    folder = hub["root"] / "someone" / "flowers" / "resolve" / "main"
+    pretrained.save_timm(model, folder, label_names=["daisy", "rose", "tulip"])
+    with serve(hub["root"]) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        from_hub = keras_convmixer.ConvMixer(16, 2, 3, 7, weights="hf://someone/flowers")
+        tuned = keras_convmixer.create_model(
+            "convmixer_tiny", weights="hf://someone/flowers", classes=5
+        )
+    from_folder = keras_convmixer.ConvMixer(16, 2, 3, 7, weights=str(folder))
+    for loaded in (from_hub, from_folder):
+        assert loaded.output_shape == (None, 3)
+        for ours, theirs in zip(model.weights, loaded.weights, strict=True):
+            np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs), err_msg=ours.path)
+    assert tuned.output_shape == (None, 5)
+    for ours, theirs in zip(model.weights[:-2], tuned.weights[:-2], strict=True):
+        np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs), err_msg=ours.path)
+    np.testing.assert_array_equal(to_numpy(tuned.get_layer("predictions").bias), np.zeros(5))
+    bare = tmp_path / "flowers.safetensors"
+    bare.write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="They classify 3 classes: pass classes=3"):
+        keras_convmixer.ConvMixer(16, 2, 3, 7, weights=str(bare), classes=5)
+
+
 def test_imagenet_rules(hub):
     with pytest.raises(ValueError, match="needs activation='gelu'"):
         keras_convmixer.ConvMixer(16, 2, 3, 7, activation="relu", weights="imagenet")
