@@ -228,11 +228,10 @@ def cmd_convert(args) -> int:
         model.save_weights(args.output)
         written = [args.output]
     else:
-        recipe, data_config = _saved_recipe(args), None
-        if recipe is not None:  # its evaluation transform, for timm and for predict
-            size, crop = recipe.image_size, recipe.crop_pct
-            data_config = {"input_size": [3, size, size], "crop_pct": crop}
-            data_config |= {"mean": list(recipe.mean), "std": list(recipe.std)}
+        from keras_convmixer.training import timm_data_config
+
+        recipe = _saved_recipe(args)  # its evaluation transform, for timm and for predict
+        data_config = timm_data_config(recipe) if recipe is not None else None
         written = save_timm(model, args.output, _read_classes(args), data_config)
     for path in written:
         print(f"wrote {path}  sha256 {sha256(path)}")
@@ -408,19 +407,12 @@ def recipe_from_args(args):
     """`--recipe` with the recipe flags given; without `--recipe`, the `recipe.json` that
     `train` wrote beside a `--weights MODEL.keras`, else the ImageNet recipe with the
     evaluation transform of the checkpoint's config.json, if any."""
-    from keras_convmixer.training import Recipe, get_recipe
+    from keras_convmixer.training import Recipe, eval_fields_from_timm, get_recipe
 
     recipe = args.recipe or _saved_recipe(args)
-    if recipe is None and "pretrained_cfg" in checkpoint_card(args):
-        timm = checkpoint_card(args)["pretrained_cfg"]
-        found = {
-            "image_size": timm.get("input_size", [None])[-1],
-            "crop_pct": timm.get("crop_pct"),
-            "mean": timm.get("mean"),
-            "std": timm.get("std"),
-        }
-        found = {k: tuple(v) if isinstance(v, list) else v for k, v in found.items() if v}
-        recipe = get_recipe("imagenet", **found)
+    timm_cfg = checkpoint_card(args).get("pretrained_cfg")
+    if recipe is None and timm_cfg:
+        recipe = get_recipe("imagenet", **eval_fields_from_timm(timm_cfg))
     overrides = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(Recipe)

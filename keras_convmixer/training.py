@@ -122,6 +122,28 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def timm_data_config(recipe: Recipe) -> dict:
+    """The recipe's evaluation transform in the keys of timm's `pretrained_cfg` (config.json)."""
+    size = recipe.image_size
+    return {
+        "input_size": [3, size, size],
+        "crop_pct": recipe.crop_pct,
+        "mean": list(recipe.mean),
+        "std": list(recipe.std),
+    }
+
+
+def eval_fields_from_timm(pretrained_cfg: dict) -> dict:
+    """`timm_data_config`'s inverse: the recipe fields that a `pretrained_cfg` gives."""
+    found = {
+        "image_size": pretrained_cfg.get("input_size", [None])[-1],
+        "crop_pct": pretrained_cfg.get("crop_pct"),
+        "mean": pretrained_cfg.get("mean"),
+        "std": pretrained_cfg.get("std"),
+    }
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in found.items() if v}
+
+
 def get_recipe(recipe: str | Recipe, **overrides) -> Recipe:
     """A recipe by name (or as given) with fields replaced by `overrides`."""
     if isinstance(recipe, str):

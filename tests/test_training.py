@@ -46,6 +46,25 @@ def test_recipes_hold_the_published_hyperparameters():
         training.get_recipe("cifar10", learning_rate=1.0)
 
 
+def test_evaluation_transform_in_timms_keys_and_back():
+    cifar = training.get_recipe("cifar10", crop_pct=0.875)
+    config = training.timm_data_config(cifar)
+    assert config == {
+        "input_size": [3, 32, 32],
+        "crop_pct": 0.875,
+        "mean": [0.4914, 0.4822, 0.4465],
+        "std": [0.2471, 0.2435, 0.2616],
+    }
+    back = training.get_recipe("imagenet", **training.eval_fields_from_timm(config))
+    assert (back.image_size, back.crop_pct, back.mean, back.std) == (
+        32,
+        0.875,
+        cifar.mean,
+        cifar.std,
+    )
+    assert training.eval_fields_from_timm({"crop_pct": 0.9}) == {"crop_pct": 0.9}
+
+
 def test_weight_decay_excludes_biases_and_norm_parameters():
     model = keras_convmixer.ConvMixer(8, 1, 3, 2, classes=3)
     optimizer = training.make_optimizer(training.RECIPES["imagenet"], total_steps=10)
