@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sys
+import urllib.parse
 import uuid
 
 import keras
@@ -364,7 +365,11 @@ def checkpoint_url(variant: str) -> str:
     return f"{endpoint}/timm/{checkpoint.repo}/resolve/main/{checkpoint.filename}"
 
 
-HUB_ADDRESS = re.compile(r"hf://([\w.-]+)/([\w.-]+)(?:@([\w.-]+))?(?:/([\w./-]+))?")
+# A revision with "/" in its name is written URL-encoded (`v1%2Fcifar`), as huggingface_hub
+# does; a pull request's or conversion's ref may also be written as it is (`refs/pr/3`).
+HUB_ADDRESS = re.compile(
+    r"hf://([\w.-]+)/([\w.-]+)(?:@(refs/pr/\d+|refs/convert/\w+|[\w.%-]+))?(?:/([\w./-]+))?"
+)
 
 
 def is_hub_address(weights) -> bool:
@@ -374,18 +379,20 @@ def is_hub_address(weights) -> bool:
 
 def hub_url(address: str) -> tuple[str, str]:
     """(URL, cache path) of `hf://OWNER/REPO[@REVISION][/FILE]` (FILE defaults to
-    `model.safetensors`, REVISION, a commit, tag or branch, to `main`), honouring
+    `model.safetensors`, REVISION, a commit, tag, branch or ref, to `main`), honouring
     `HF_ENDPOINT`."""
     match = HUB_ADDRESS.fullmatch(address)
     names = re.split("[/@]", address[len("hf://") :])
-    if not match or any(name in ("", ".", "..") for name in names):
+    revision = urllib.parse.unquote(match.group(3) or "main") if match else ""
+    if not match or any(name in ("", ".", "..") for name in [*names, *revision.split("/")]):
         raise ValueError(
             "weights on the Hugging Face Hub are named hf://OWNER/REPO[@REVISION][/FILE] "
             "(FILE defaults to model.safetensors, REVISION to main). "
             f"Received: weights={address!r}"
         )
-    owner, repo, revision, filename = match.groups()
-    revision, filename = revision or "main", filename or "model.safetensors"
+    owner, repo, _, filename = match.groups()
+    filename = filename or "model.safetensors"
+    revision = urllib.parse.quote(revision, safe="")  # one name, in the URL and the cache
     endpoint = os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
     url = f"{endpoint}/{owner}/{repo}/resolve/{revision}/{filename}"
     return url, os.path.join(cache_dir(), "hub", owner, repo, revision, filename)

@@ -341,10 +341,11 @@ def test_hub_addresses_download_once_and_load(hub, monkeypatch):
 
 
 def test_hub_revisions_are_pinned(hub, monkeypatch):
-    """`hf://OWNER/REPO@REVISION` loads that commit's file, whatever main holds now."""
+    """`hf://OWNER/REPO@REVISION` loads that commit's file, whatever main holds now; a
+    revision with "/" in its name is written URL-encoded, a pull request's ref also as it is."""
     repo = hub["root"] / "someone" / "convmixer-digits" / "resolve"
-    old, new = (timm_convmixer(16, 2, 3, 7, classes=10, seed=s) for s in (5, 6))
-    for revision, model in (("3f2a9c1", old), ("main", new)):
+    old, new, proposed = (timm_convmixer(16, 2, 3, 7, classes=10, seed=s) for s in (5, 6, 7))
+    for revision, model in (("3f2a9c1", old), ("main", new), ("refs/pr/3", proposed)):
         (repo / revision).mkdir(parents=True)
         save_safetensors(model, repo / revision / "model.safetensors")
     build = functools.partial(
@@ -354,11 +355,15 @@ def test_hub_revisions_are_pinned(hub, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", endpoint)
         pinned = build(weights="hf://someone/convmixer-digits@3f2a9c1")
         latest = build(weights="hf://someone/convmixer-digits@main/model.safetensors")
+        pull = build(weights="hf://someone/convmixer-digits@refs/pr/3")
+    encoded = build(weights="hf://someone/convmixer-digits@refs%2Fpr%2F3/model.safetensors")
     x = random_images(16)
     assert logits_deviation(pinned, old, x) <= 1e-4
     assert logits_deviation(latest, new, x) <= 1e-4
+    assert logits_deviation(pull, proposed, x) <= 1e-4
+    np.testing.assert_array_equal(to_numpy(encoded(x)), to_numpy(pull(x)))  # from the cache
     cache = os.path.join(pretrained.cache_dir(), "hub", "someone", "convmixer-digits")
-    assert sorted(os.listdir(cache)) == ["3f2a9c1", "main"]
+    assert sorted(os.listdir(cache)) == ["3f2a9c1", "main", "refs%2Fpr%2F3"]
 
 
 def test_hub_address_errors(hub, monkeypatch):
@@ -367,6 +372,8 @@ def test_hub_address_errors(hub, monkeypatch):
         "hf://owner/repo/../../outside",
         "hf://a/b/",
         "hf://a/b@..",
+        "hf://a/b@%2E%2E",
+        "hf://a/b@v1%2F..%2F..",
         "hf://a/b@",
     )
     for address in bad:
