@@ -669,7 +669,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top", type=at_least(1), default=5, help="classes to show per image")
     p.add_argument(
-        "--classes", type=at_least(1), help="classifier size of --weights; default: the variant's"
+        "--classes",
+        type=at_least(1),
+        help="classifier size of --weights; default: its config.json's, else the variant's",
     )
     p.add_argument(
         "--classes-file",
@@ -697,7 +699,11 @@ def parser() -> argparse.ArgumentParser:
         "(timm's Hugging Face layout: model.safetensors, config.json)",
     )
     p.add_argument("--model", help=model_help("needed otherwise (not with a .keras source)"))
-    p.add_argument("--classes", type=at_least(1), help="classifier size; default: the variant's")
+    p.add_argument(
+        "--classes",
+        type=at_least(1),
+        help="classifier size; default: config.json's, or the variant's",
+    )
     p.add_argument(
         "--classes-file", help="JSON class names for config.json; default: classes.json beside"
     )
