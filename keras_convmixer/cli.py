@@ -549,19 +549,36 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# What `export` writes, by the output's suffix: Keras' format, the backend it runs on, and why
+# not elsewhere. A folder (any other name) is a TensorFlow SavedModel.
+EXPORT_FORMATS = {
+    ".onnx": (
+        "onnx",
+        "torch",
+        "tf2onnx cannot convert TensorFlow's exact GELU; JAX needs jax2onnx",
+    ),
+    ".tflite": (
+        "litert",
+        "tensorflow",
+        "from PyTorch Keras needs litert-torch, from JAX it cannot",
+    ),
+}
+
+
 def cmd_export(args) -> int:
     """A model for serving: a TensorFlow SavedModel folder (TensorFlow or JAX backend; any
-    image size) or an `.onnx` file (PyTorch backend; `--image-size`, any batch)."""
+    image size), an `.onnx` file (PyTorch backend) or a LiteRT `.tflite` file (TensorFlow
+    backend); the files of `--image-size`, any batch."""
     import keras
 
     backend = keras.backend.backend()
-    to_onnx = args.output.endswith(".onnx")
-    if to_onnx and backend != "torch":
+    suffix = os.path.splitext(args.output)[1].lower()
+    export_format, needed, why = EXPORT_FORMATS.get(suffix, ("tf_saved_model", None, ""))
+    if needed and backend != needed:
         raise UserError(
-            "ONNX export runs on the PyTorch backend: add --backend torch "
-            "(tf2onnx cannot convert TensorFlow's exact GELU; JAX needs jax2onnx)"
+            f"{suffix} export runs on the {needed} backend: add --backend {needed} ({why})"
         )
-    if not to_onnx and backend == "torch":
+    if not needed and backend == "torch":
         raise UserError(
             "Keras cannot export a SavedModel from PyTorch: add --backend tensorflow or jax, "
             "or name an .onnx file"
@@ -575,17 +592,15 @@ def cmd_export(args) -> int:
             args.weights,
             include_preprocessing=args.include_preprocessing,
         )
-    if to_onnx:
-        import torch
-
+    if needed:
         patch = model.get_layer("stem").patch_size
         if args.image_size < patch:
             raise UserError(f"--image-size must be at least one patch, {patch}")
         size = (args.image_size, args.image_size, 3)
         spec = keras.InputSpec(shape=(None, *size), dtype="float32")
-        with warnings.catch_warnings():  # the trace is of one size: its shapes are constants
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            model.export(args.output, format="onnx", input_signature=[spec], verbose=False)
+        with warnings.catch_warnings():  # torch's trace is of one size: its shapes are constants
+            warnings.simplefilter("ignore")
+            model.export(args.output, format=export_format, input_signature=[spec], verbose=False)
         print(f"wrote {args.output}: images (batch, {args.image_size}, {args.image_size}, 3)")
         return 0
     options = {}
@@ -782,16 +797,18 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_benchmark)
 
     p = sub.add_parser(
-        "export", parents=[common], help="a SavedModel folder, or an .onnx file (torch backend)"
+        "export",
+        parents=[common],
+        help="a SavedModel folder, an .onnx file (torch backend) or a .tflite (tensorflow)",
     )
-    p.add_argument("output", help="a folder (TensorFlow SavedModel) or FILE.onnx")
+    p.add_argument("output", help="a folder (TensorFlow SavedModel), FILE.onnx or FILE.tflite")
     p.add_argument("--model", help=model_help("else convmixer_1536_20"))
     p.add_argument(
         "--weights",
         default="imagenet",
         help=f"'imagenet', {HUB}, a file, a .keras",
     )
-    p.add_argument("--image-size", type=at_least(1), default=224, help="ONNX only: fixed size")
+    p.add_argument("--image-size", type=at_least(1), default=224, help=".onnx, .tflite: fixed size")
     p.add_argument(
         "--include-preprocessing",
         action="store_true",

@@ -6,6 +6,7 @@ import os
 import runpy
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -559,9 +560,34 @@ def test_export_gives_the_models_outputs(source, hub, tiny_checkpoint, tmp_path,
         np.testing.assert_allclose(run(pixels), expected, atol=1e-6)
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="Keras exports LiteRT from TensorFlow")
+def test_export_tflite_gives_the_models_outputs(tiny_checkpoint, tmp_path, capsys):
+    import tensorflow as tf
+
+    out = str(tmp_path / "m.tflite")
+    args = ["export", out, "--model", TINY, "--weights", tiny_checkpoint, "--image-size", "32"]
+    assert cli_module.main(args) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out}: images (batch, 32, 32, 3)")
+    model = keras_convmixer.ConvMixer(16, 2, 3, 2, weights=tiny_checkpoint)
+    with warnings.catch_warnings():  # tf.lite.Interpreter: "use ai_edge_litert"
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=out)
+    (image,), (probs,) = interpreter.get_input_details(), interpreter.get_output_details()
+    x = np.random.default_rng(5).normal(size=(3, 32, 32, 3)).astype("float32")
+    interpreter.resize_tensor_input(image["index"], x.shape)  # the batch is open
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(image["index"], x)
+    interpreter.invoke()
+    expected = keras.ops.convert_to_numpy(model(x))
+    np.testing.assert_allclose(interpreter.get_tensor(probs["index"]), expected, rtol=1e-4)
+
+
 def test_export_names_the_backend_its_format_needs(tmp_path, capsys):
     wrong = "served" if BACKEND == "torch" else "m.onnx"
     assert cli_module.main(["export", str(tmp_path / wrong)]) == 2
     needed = "--backend tensorflow or jax" if BACKEND == "torch" else "--backend torch"
     assert needed in capsys.readouterr().err
     assert not os.path.exists(tmp_path / wrong)
+    if BACKEND != "tensorflow":
+        assert cli_module.main(["export", str(tmp_path / "m.tflite")]) == 2
+        assert "--backend tensorflow" in capsys.readouterr().err
