@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import itertools
 import json
 import os
 import sys
+import urllib.parse
 import warnings
 from importlib import resources
 
@@ -630,6 +632,11 @@ def cmd_info(args) -> int:
     for name, checkpoint in WEIGHTS.items():
         state = "cached" if os.path.exists(converted_path(name)) else "not cached"
         print(f"  {name:<20} ImageNet top-1 {checkpoint.top1:.2f}  {state}")
+    # Hub checkpoints, one folder a revision: delete one to fetch a branch's newer files.
+    for folder in sorted(glob.glob(os.path.join(cache_dir(), "hub", "*", "*", "*"))):
+        owner, repo, revision = folder.split(os.sep)[-3:]
+        address = f"hf://{owner}/{repo}@{urllib.parse.unquote(revision)}"
+        print(f"  {address}  {', '.join(sorted(os.listdir(folder)))}  ({folder})")
     return 0
 
 

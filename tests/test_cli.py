@@ -145,6 +145,10 @@ def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, mon
         np.testing.assert_allclose([row["score"] for row in rows], np.sort(probs)[::-1], atol=2e-6)
     assert cli_module.main(["predict", "--weights", str(folder), "--classes", "5"]) == 2
     assert f"{folder} has 3 classes, not 5" in capsys.readouterr().err
+    assert cli_module.main(["info"]) == 0
+    assert (
+        "  hf://someone/flowers@main  config.json, model.safetensors  (" in capsys.readouterr().out
+    )
     # A config.json beside a file of another name is not the checkpoint's.
     other = tmp_path / "elsewhere"
     other.mkdir()
