@@ -587,6 +587,13 @@ def cmd_export(args) -> int:
         )
     if args.include_preprocessing and args.weights.endswith(".keras"):
         raise UserError("--include-preprocessing builds a model: not with a .keras file")
+    options = {}
+    if args.quantize:
+        if export_format != "litert":
+            raise UserError("--quantize is for .tflite files")
+        import tensorflow as tf
+
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]  # int8 weights, float activations
     model = saved_model(args.weights)
     if model is None:
         model = build_model(
@@ -602,10 +609,11 @@ def cmd_export(args) -> int:
         spec = keras.InputSpec(shape=(None, *size), dtype="float32")
         with warnings.catch_warnings():  # torch's trace is of one size: its shapes are constants
             warnings.simplefilter("ignore")
-            model.export(args.output, format=export_format, input_signature=[spec], verbose=False)
+            model.export(
+                args.output, format=export_format, input_signature=[spec], verbose=False, **options
+            )
         print(f"wrote {args.output}: images (batch, {args.image_size}, {args.image_size}, 3)")
         return 0
-    options = {}
     if backend == "jax":  # open sizes: no gradient; lowered for CPUs and NVIDIA GPUs
         serialization = {"with_gradient": False, "native_serialization_platforms": ("cpu", "cuda")}
         options["jax2tf_kwargs"] = serialization
@@ -820,6 +828,11 @@ def parser() -> argparse.ArgumentParser:
         "--include-preprocessing",
         action="store_true",
         help="take RGB in [0, 255] (ImageNet normalisation inside the model)",
+    )
+    p.add_argument(
+        "--quantize",
+        action="store_true",
+        help=".tflite: weights as int8 (dynamic range), about 4× smaller; activations float",
     )
     p.set_defaults(run=cmd_export, saved_model_argument="weights")
 

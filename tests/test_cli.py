@@ -566,24 +566,36 @@ def test_export_gives_the_models_outputs(source, hub, tiny_checkpoint, tmp_path,
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="Keras exports LiteRT from TensorFlow")
 def test_export_tflite_gives_the_models_outputs(tiny_checkpoint, tmp_path, capsys):
+    """A LiteRT file of the model, its batch open; `--quantize` stores int8 weights."""
     import tensorflow as tf
 
-    out = str(tmp_path / "m.tflite")
-    args = ["export", out, "--model", TINY, "--weights", tiny_checkpoint, "--image-size", "32"]
-    assert cli_module.main(args) == 0
-    assert capsys.readouterr().out.startswith(f"wrote {out}: images (batch, 32, 32, 3)")
     model = keras_convmixer.ConvMixer(16, 2, 3, 2, weights=tiny_checkpoint)
-    with warnings.catch_warnings():  # tf.lite.Interpreter: "use ai_edge_litert"
-        warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_path=out)
-    (image,), (probs,) = interpreter.get_input_details(), interpreter.get_output_details()
     x = np.random.default_rng(5).normal(size=(3, 32, 32, 3)).astype("float32")
-    interpreter.resize_tensor_input(image["index"], x.shape)  # the batch is open
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(image["index"], x)
-    interpreter.invoke()
     expected = keras.ops.convert_to_numpy(model(x))
-    np.testing.assert_allclose(interpreter.get_tensor(probs["index"]), expected, rtol=1e-4)
+    outputs, sizes = {}, {}
+    for flags in ([], ["--quantize"]):
+        out = str(tmp_path / f"m{len(flags)}.tflite")
+        args = ["export", out, "--model", TINY, "--weights", tiny_checkpoint, "--image-size", "32"]
+        assert cli_module.main([*args, *flags]) == 0
+        assert capsys.readouterr().out.startswith(f"wrote {out}: images (batch, 32, 32, 3)")
+        with warnings.catch_warnings():  # tf.lite.Interpreter: "use ai_edge_litert"
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(model_path=out)
+        (image,), (probs,) = interpreter.get_input_details(), interpreter.get_output_details()
+        interpreter.resize_tensor_input(image["index"], x.shape)  # the batch is open
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(image["index"], x)
+        interpreter.invoke()
+        outputs[len(flags)], sizes[len(flags)] = (
+            interpreter.get_tensor(probs["index"]),
+            os.path.getsize(out),
+        )
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-4)
+    assert sizes[1] < 0.6 * sizes[0]
+    np.testing.assert_allclose(outputs[1], expected, rtol=0.1)
+    assert not np.allclose(outputs[1], expected, rtol=1e-4)  # the weights were rounded
+    assert cli_module.main([args[0], str(tmp_path / "served"), *args[2:], "--quantize"]) == 2
+    assert "--quantize is for .tflite files" in capsys.readouterr().err
 
 
 def test_export_names_the_backend_its_format_needs(tmp_path, capsys):
