@@ -424,19 +424,27 @@ def local_weights_file(weights: str | os.PathLike) -> str:
     return os.path.join(path, "model.safetensors") if os.path.isdir(path) else path
 
 
+# The Hub config.json files (URL, cache path) that this process found missing: building one
+# model looks its class count up more than once, and each would ask the network again.
+_MISSING_CONFIGS: set[tuple[str, str]] = set()
+
+
 def timm_config(weights: str) -> dict | None:
     """timm's `config.json` that goes with a checkpoint in its Hub layout: at the root of the
     repository and revision of `hf://OWNER/REPO[@REVISION][/FILE]`, or in a local folder
     beside its `model.safetensors` or `pytorch_model.bin`; None where there is none."""
     if is_hub_address(weights):
-        hub_url(weights)  # checks the address
+        weights_path = hub_url(weights)[1]  # checks the address
         owner, repo, revision, _ = HUB_ADDRESS.fullmatch(weights).groups()
         address = f"hf://{owner}/{repo}@{revision or 'main'}/config.json"
-        if not os.path.exists(hub_url(address)[1]) and os.path.exists(hub_url(weights)[1]):
+        config = hub_url(address)
+        known_missing = os.path.exists(weights_path) or config in _MISSING_CONFIGS
+        if known_missing and not os.path.exists(config[1]):
             return None  # the weights came without one: asking again would need the network
         try:
             path = hub_file(address)
         except OSError:  # no config.json in the repository (or no network: the weights say)
+            _MISSING_CONFIGS.add(config)
             return None
     else:
         folder, name = os.path.split(local_weights_file(weights))

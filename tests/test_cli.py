@@ -182,6 +182,23 @@ def test_predict_and_convert_read_the_checkpoints_config_json(hub, tmp_path, mon
             np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs), err_msg=ours.path)
 
 
+def test_a_repository_without_config_json_is_asked_for_it_once(hub, monkeypatch, capsys):
+    """predict looks the class count up several times; the network is asked once."""
+    folder = hub["root"] / "someone" / "bare" / "resolve" / "main"
+    folder.mkdir(parents=True)
+    save_safetensors(timm_convmixer(16, 2, 3, 7, classes=10), folder / "model.safetensors")
+    asked, fetch = [], pretrained._fetch
+    monkeypatch.setattr(
+        pretrained, "_fetch", lambda url, near: asked.append(url) or fetch(url, near)
+    )
+    args = ["predict", "--model", "convmixer_tiny", "--weights", "hf://someone/bare", "--classes"]
+    with serve(hub["root"]) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        assert cli_module.main([*args, "10", "--json"]) == 0
+    assert [url.rsplit("/", 1)[-1] for url in asked] == ["config.json", "model.safetensors"]
+    assert len(next(iter(json.loads(capsys.readouterr().out).values()))) == 5
+
+
 def test_predict_classifies_a_folder_in_batches(tmp_path, capsys):
     model = small_model(classifier_activation="softmax")
     model.save(tmp_path / "model.keras")
