@@ -93,18 +93,16 @@ def build_model(
     if weights not in (None, "imagenet") and not pretrained.is_hub_address(weights):
         _existing_file(pretrained.local_weights_file(weights))
     theirs = pretrained.published_classes(weights)
+    if classes is not None and theirs not in (None, classes) and not fine_tune:
+        source = "the ImageNet weights classify" if weights == "imagenet" else f"{weights} has"
+        raise UserError(f"{source} {theirs} classes, not {classes}")
     keras_file = str(weights).lower().endswith(pretrained.KERAS_SUFFIXES)
     bare = theirs is None and weights is not None and not keras_file
-    if fine_tune and bare:
-        theirs = variant_from_name(name).classes
-    if classes is not None and theirs not in (None, classes):
-        if not fine_tune:
-            source = "the ImageNet weights classify" if weights == "imagenet" else f"{weights} has"
-            raise UserError(f"{source} {theirs} classes, not {classes}")
-        if bare:  # the library loads a bare file whole: load its backbone here
-            model = create_model(name, classes=classes, **kwargs)
-            pretrained.load_weights(model, weights, include_top=False)
-            return model
+    if fine_tune and bare and classes not in (None, variant_from_name(name).classes):
+        # The library loads a bare file whole; its classifier counts as the variant's.
+        model = create_model(name, classes=classes, **kwargs)
+        pretrained.load_weights(model, weights, include_top=False)
+        return model
     return create_model(name, weights=weights, classes=classes, **kwargs)
 
 
@@ -607,8 +605,11 @@ def cmd_export(args) -> int:
             raise UserError(f"--image-size must be at least one patch, {patch}")
         size = (args.image_size, args.image_size, 3)
         spec = keras.InputSpec(shape=(None, *size), dtype="float32")
-        with warnings.catch_warnings():  # torch's trace is of one size: its shapes are constants
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            if export_format == "onnx":  # torch's trace is of one size: its shapes are constants
+                import torch
+
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
             model.export(
                 args.output, format=export_format, input_signature=[spec], verbose=False, **options
             )

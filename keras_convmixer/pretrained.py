@@ -440,7 +440,7 @@ def timm_config(weights: str) -> dict | None:
         config = hub_url(address)
         known_missing = os.path.exists(weights_path) or config in _MISSING_CONFIGS
         if known_missing and not os.path.exists(config[1]):
-            return None  # the weights came without one: asking again would need the network
+            return None  # known to have none: asking again would need the network
         try:
             path = hub_file(address)
         except OSError:  # no config.json in the repository (or no network: the weights say)
