@@ -205,24 +205,6 @@ def test_saved_model_export_serves_any_size(tmp_path):
         np.testing.assert_allclose(served.serve(x).numpy(), to_numpy(model(x)), atol=1e-5)
 
 
-@pytest.mark.skipif(
-    BACKEND != "torch",
-    reason="tf2onnx writes TensorFlow's exact GELU (Erfc) as no ONNX op; JAX needs jax2onnx",
-)
-def test_onnx_export_from_torch_runs_in_onnx_runtime(tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime")
-
-    model = small_model()
-    spec = keras.InputSpec(shape=(None, 12, 10, 3), dtype="float32")  # the batch stays open
-    model.export(str(tmp_path / "m.onnx"), format="onnx", input_signature=[spec], verbose=False)
-    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
-    name = session.get_inputs()[0].name
-    rng = np.random.default_rng(7)
-    for batch in (1, 3):
-        x = rng.normal(size=(batch, 12, 10, 3)).astype("float32")
-        np.testing.assert_allclose(session.run(None, {name: x})[0], to_numpy(model(x)), atol=1e-5)
-
-
 @pytest.mark.parametrize(
     "layer",
     [
