@@ -443,12 +443,13 @@ def test_shift_depthwise_keeps_16_bit_inputs_sums_in_float32():
     np.testing.assert_allclose(to_numpy(out), to_numpy(exact), rtol=1e-5, atol=1e-5)
 
 
-def _training_batch_norm(norm, x, upstream, fused):
-    """(output, d input, d gamma, d beta, moving mean, moving variance) of one training call."""
+def _training_batch_norm(norm, x, upstream, ours):
+    """(output, d input, [d gamma, d beta,] moving mean, moving variance) of one training call
+    (JAX: the gradient of the input only)."""
     from keras_convmixer.kernels import batch_norm
 
     def call(inputs):
-        return batch_norm(norm, inputs, True) if fused else norm(inputs, training=True)
+        return batch_norm(norm, inputs, True) if ours else norm(inputs, training=True)
 
     if BACKEND == "torch":
         import torch
@@ -457,6 +458,12 @@ def _training_batch_norm(norm, x, upstream, fused):
         out = call(inputs)
         out.backward(torch.tensor(upstream))
         grads = [inputs.grad] + [v.value.grad for v in (norm.gamma, norm.beta)]
+    elif BACKEND == "jax":
+        import jax
+
+        out = call(x)
+        with keras.StatelessScope():  # the traced call's updates stay in the scope
+            grads = [jax.grad(lambda inputs: (call(inputs) * upstream).sum())(x)]
     else:
         import tensorflow as tf
 
@@ -470,11 +477,11 @@ def _training_batch_norm(norm, x, upstream, fused):
     return [to_numpy(t) for t in [out, *grads, *moving]]
 
 
-@pytest.mark.skipif(BACKEND == "jax", reason="fused training BatchNorm: TensorFlow, PyTorch")
 @pytest.mark.parametrize("axis", [-1, 1])
-def test_fused_training_batch_norm_matches_keras(axis):
-    """Outputs, gradients and moving statistics of the fused path equal Keras' layer (with
-    randomised parameters and statistics, so a swapped mean/variance would show)."""
+def test_training_batch_norm_matches_keras(axis):
+    """Outputs, gradients and moving statistics of the package's training BatchNorm (the fused
+    kernel on TensorFlow and PyTorch) equal Keras' layer (with randomised parameters and
+    statistics, so a swapped mean/variance would show)."""
     rng = np.random.default_rng(4)
     shape = (4, 5, 6, 8) if axis == -1 else (4, 8, 5, 6)
     norms = [keras.layers.BatchNormalization(axis, momentum=0.9, epsilon=1e-5) for _ in "ab"]
@@ -486,11 +493,11 @@ def test_fused_training_batch_norm_matches_keras(axis):
         ours.assign(to_numpy(theirs))
     x = rng.normal(2.0, 3.0, shape).astype("float32")
     upstream = rng.normal(size=shape).astype("float32")
-    fused = _training_batch_norm(norms[0], x, upstream, fused=True)
-    reference = _training_batch_norm(norms[1], x, upstream, fused=False)
-    assert np.abs(fused[5] - 1.0).max() > 0.05  # the statistics moved
-    for ours, theirs in zip(fused, reference, strict=True):
-        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
+    ours = _training_batch_norm(norms[0], x, upstream, ours=True)
+    reference = _training_batch_norm(norms[1], x, upstream, ours=False)
+    assert np.abs(ours[-1] - 1.0).max() > 0.05  # the statistics moved
+    for mine, theirs in zip(ours, reference, strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=1e-5, rtol=1e-5)
 
 
 XLA_TUNING_SCRIPT = """
