@@ -479,6 +479,8 @@ def cmd_train(args) -> int:
             )
         if args.freeze is not None:
             training.freeze(model, None if args.freeze == "all" else args.freeze)
+        if args.remat:
+            training.set_remat(model)
         training.compile_for_recipe(model, recipe, steps_per_epoch=steps)
     model.fit(
         train.repeat() if args.steps_per_epoch else train,
@@ -770,6 +772,12 @@ def parser() -> argparse.ArgumentParser:
         type=blocks_or_all,
         metavar="N|all",
         help="fine-tuning: keep the stem and the first N blocks (all: the backbone) as they are",
+    )
+    p.add_argument(
+        "--remat",
+        action="store_true",
+        help="gradient checkpointing: compute each block again in the backward pass, to save "
+        "memory for about 30%% more time a step",
     )
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", help="default: val (folders), test or validation (tfds)")

@@ -23,10 +23,12 @@ from keras_convmixer.checks import check_positive_int
 from keras_convmixer.distribute import sync_batch_norm
 from keras_convmixer.kernels import (
     batch_norm,
+    batch_norm_training,
     depthwise_conv2d,
     global_average_pool,
     patch_conv2d,
     pointwise_conv2d,
+    update_moving_statistics,
 )
 
 BATCH_NORM = {"epsilon": 1e-5, "momentum": 0.9}
@@ -147,6 +149,9 @@ class ConvMixerBlock(_ConvActNorm):
             `keras.config.image_data_format()`.
         depthwise_impl: `"auto"`, `"native"` or `"shift"`. How the depthwise convolution runs;
             all give the same numbers (see `keras_convmixer.kernels`). Defaults to `"auto"`.
+        remat: bool. Gradient checkpointing: in training, keep only the block's input for the
+            backward pass and compute the block again there (`keras.remat`), which saves
+            memory for a forward pass's time. Same numbers. Defaults to False.
     """
 
     def __init__(
@@ -156,6 +161,7 @@ class ConvMixerBlock(_ConvActNorm):
         activation="gelu",
         data_format=None,
         depthwise_impl: str = "auto",
+        remat: bool = False,
         **kwargs,
     ):
         super().__init__(dim, activation, data_format, **kwargs)
@@ -166,6 +172,9 @@ class ConvMixerBlock(_ConvActNorm):
                 f"Received: depthwise_impl={depthwise_impl!r}"
             )
         self.depthwise_impl = depthwise_impl
+        if not isinstance(remat, bool):
+            raise ValueError(f"remat must be True or False. Received: remat={remat!r}")
+        self.remat = remat
         self.depthwise = layers.DepthwiseConv2D(
             kernel_size,
             padding="same",
@@ -183,6 +192,33 @@ class ConvMixerBlock(_ConvActNorm):
             layer.build(input_shape)
 
     def call(self, inputs, training=None):
+        if not (training and self.remat):
+            return self._mix(inputs, lambda norm, x: batch_norm(norm, x, training))
+        # What is computed again must not update the moving statistics a second time (Keras'
+        # `RematScope` does, on PyTorch): it returns the batch's, and they are applied here.
+        norms = [norm for norm in (self.depthwise_norm, self.pointwise_norm) if norm.trainable]
+        out, *statistics = keras.remat(self._mix_for_training)(inputs)
+        for norm, mean, variance in zip(norms, statistics[::2], statistics[1::2], strict=True):
+            update_moving_statistics(norm, mean, variance)
+        return out
+
+    def _mix_for_training(self, inputs) -> tuple:
+        """The block in training, free of side effects: `(output, mean, variance, ...)`, the
+        batch statistics of each trainable BatchNorm."""
+        statistics = []
+
+        def normalize(norm, x):
+            if not norm.trainable:
+                return batch_norm(norm, x, training=False)
+            out, mean, variance = batch_norm_training(norm, x)
+            statistics.extend((mean, variance))
+            return out
+
+        out = self._mix(inputs, normalize)
+        return (out, *statistics)
+
+    def _mix(self, inputs, normalize):
+        """The block's equations, with `normalize(norm, x)` for each BatchNorm."""
         mixed = depthwise_conv2d(
             inputs,
             self.depthwise.kernel,
@@ -191,12 +227,12 @@ class ConvMixerBlock(_ConvActNorm):
             impl=self.depthwise_impl,
         )
         # `mixed` may be float32 under mixed precision (see `depthwise_conv2d`): one rounding.
-        x = batch_norm(self.depthwise_norm, self.activation(mixed), training)
+        x = normalize(self.depthwise_norm, self.activation(mixed))
         x = ops.cast(ops.add(x, inputs), inputs.dtype)
         mixed = pointwise_conv2d(
             x, self.pointwise.kernel, self.pointwise.bias, self.activation, self.data_format
         )
-        return batch_norm(self.pointwise_norm, mixed, training)
+        return normalize(self.pointwise_norm, mixed)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -206,6 +242,7 @@ class ConvMixerBlock(_ConvActNorm):
             **super().get_config(),
             "kernel_size": self.kernel_size,
             "depthwise_impl": self.depthwise_impl,
+            "remat": self.remat,
         }
 
 

@@ -145,6 +145,7 @@ def ConvMixer(
     include_preprocessing: bool = False,
     data_format: str | None = None,
     depthwise_impl: str = "auto",
+    remat: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Builds a ConvMixer ([Patches Are All You Need?](https://arxiv.org/abs/2201.09792)).
@@ -183,6 +184,9 @@ def ConvMixer(
             `keras.config.image_data_format()`.
         depthwise_impl: `"auto"`, `"native"` or `"shift"`: how depthwise convolutions run
             (same numbers; see `keras_convmixer.kernels`). Defaults to `"auto"`.
+        remat: bool. Gradient checkpointing (timm's `set_grad_checkpointing`): in training,
+            each block's activations are computed again in the backward pass rather than
+            kept, for about 30% more time a step. Same numbers. Defaults to False.
         name: str. Model name. Defaults to `convmixer_{dim}_{depth}`.
 
     Returns:
@@ -243,6 +247,7 @@ def ConvMixer(
             activation,
             data_format=data_format,
             depthwise_impl=depthwise_impl,
+            remat=remat,
             name=f"block_{i}",
         )(x)
     if include_top:
@@ -295,6 +300,7 @@ def _named_constructor(variant_name: str, public_name: str):
         include_preprocessing: bool = False,
         data_format: str | None = None,
         depthwise_impl: str = "auto",
+        remat: bool = False,
         name: str = variant_name,
     ) -> keras.Model:
         return create_model(
@@ -309,6 +315,7 @@ def _named_constructor(variant_name: str, public_name: str):
             include_preprocessing=include_preprocessing,
             data_format=data_format,
             depthwise_impl=depthwise_impl,
+            remat=remat,
             name=name,
         )
 

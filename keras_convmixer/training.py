@@ -25,7 +25,7 @@ from keras import ops
 
 from keras_convmixer import imagenet
 from keras_convmixer.checks import check_non_negative_int, check_positive_int
-from keras_convmixer.layers import PACKAGE
+from keras_convmixer.layers import PACKAGE, ConvMixerBlock
 from keras_convmixer.model import block_count
 
 
@@ -443,4 +443,17 @@ def freeze(model: keras.Model, blocks: int | None = None) -> keras.Model:
             layer.trainable = False
         elif layer.name.startswith("block_"):
             layer.trainable = int(layer.name.split("_")[1]) >= blocks
+    return model
+
+
+def set_remat(model: keras.Model, enabled: bool = True) -> keras.Model:
+    """Turns gradient checkpointing of every block on or off (timm's `set_grad_checkpointing`),
+    for a model built with or without `remat=True` or loaded from a `.keras` file; see
+    `ConvMixerBlock`. Before `compile`, or compile again."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled must be True or False. Received: enabled={enabled!r}")
+    block_count(model)
+    for layer in model.layers:
+        if isinstance(layer, ConvMixerBlock):
+            layer.remat = enabled
     return model

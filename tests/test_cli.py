@@ -483,12 +483,15 @@ def test_train_freeze_keeps_the_first_blocks_as_loaded(tiny_checkpoint, tmp_path
         assert "blocks must be at most the model's depth, 2" in capsys.readouterr().err
         # Training a model.keras again: its architecture, recipe.json and frozen layers.
         more = ["train", "--weights", str(out / "model.keras"), *data, "--output", str(again)]
+        more += ["--remat"]
         assert cli_module.main(more) == 0
         assert cli_module.main([*more, "--model", TINY]) == 2
         assert "trained on as it is: without --model" in capsys.readouterr().err
     tuned = keras.saving.load_model(out / "model.keras")
     assert (again / "recipe.json").read_text() == (out / "recipe.json").read_text()
     retuned = keras.saving.load_model(again / "model.keras")
+    assert [tuned.get_layer(f"block_{i}").remat for i in (0, 1)] == [False, False]
+    assert [retuned.get_layer(f"block_{i}").remat for i in (0, 1)] == [True, True]
     for name in ("stem", "block_0"):
         pairs = zip(tuned.get_layer(name).weights, retuned.get_layer(name).weights, strict=True)
         for ours, theirs in pairs:

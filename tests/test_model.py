@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, small_model, to_numpy
+from conftest import BACKEND, randomize, small_model, to_numpy
 from reference import forward
 
 import keras_convmixer
@@ -209,7 +209,7 @@ def test_saved_model_export_serves_any_size(tmp_path):
     "layer",
     [
         PatchEmbedding(8, 4, activation="relu", data_format="channels_first", name="p"),
-        ConvMixerBlock(8, 5, activation="gelu", depthwise_impl="shift", name="b"),
+        ConvMixerBlock(8, 5, activation="gelu", depthwise_impl="shift", remat=True, name="b"),
         GlobalAveragePooling(data_format="channels_first", keepdims=True, name="g"),
     ],
 )
@@ -353,6 +353,7 @@ VALIDATION = [
     ({"input_shape": (4, 32, 3)}, "input_shape must be at least one patch"),
     ({"data_format": "NHWC"}, "data_format must be 'channels_last' or 'channels_first'"),
     ({"depthwise_impl": "fft"}, "depthwise_impl must be 'auto', 'native' or 'shift'"),
+    ({"remat": "yes"}, "remat must be True or False. Received: remat='yes'"),
     (
         {"weights": "/no/such/file.weights.h5"},
         r"weights must be None, 'imagenet', hf://OWNER/REPO\[@REVISION\]\[/FILE\], the",
@@ -498,6 +499,32 @@ def test_training_batch_norm_matches_keras(axis):
     assert np.abs(ours[-1] - 1.0).max() > 0.05  # the statistics moved
     for mine, theirs in zip(ours, reference, strict=True):
         np.testing.assert_allclose(mine, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_remat_trains_to_the_same_weights(policy, dtype_policy, monkeypatch):
+    """Gradient checkpointing recomputes each block in the backward pass: two SGD steps end
+    with the same weights and moving statistics as without (Keras' `RematScope` would update
+    the moving statistics a second time on PyTorch, and fails on TensorFlow and JAX)."""
+    dtype_policy(policy)
+    wrapped = []
+    remat = keras.remat
+    monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    y = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
+    weights = {}
+    for checkpointed in (False, True):
+        model = keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3, remat=checkpointed)
+        randomize(model)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+        for _ in range(2):
+            model.train_on_batch(x, y)
+        weights[checkpointed] = [to_numpy(v) for v in model.weights]
+    assert wrapped  # the blocks ran under keras.remat
+    # bfloat16 on JAX: XLA fuses the recomputed block differently, one rounding apart.
+    atol = 2e-3 if policy != "float32" and BACKEND == "jax" else 1e-6
+    for plain, checkpointed in zip(weights[False], weights[True], strict=True):
+        np.testing.assert_allclose(checkpointed, plain, atol=atol)
 
 
 XLA_TUNING_SCRIPT = """

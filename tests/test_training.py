@@ -148,6 +148,23 @@ def test_freeze_backbone_and_first_blocks(tmp_path):
         training.freeze(plain)
 
 
+def test_set_remat_turns_checkpointing_of_every_block_on_and_off(tmp_path):
+    model = keras_convmixer.ConvMixer(8, 3, 3, 2, classes=3)
+    blocks = [layer for layer in model.layers if layer.name.startswith("block_")]
+    assert training.set_remat(model) is model
+    assert all(block.remat for block in blocks)
+    model.save(tmp_path / "remat.keras")  # the setting is part of the saved architecture
+    loaded = keras.saving.load_model(tmp_path / "remat.keras")
+    assert all(loaded.get_layer(block.name).remat for block in blocks)
+    training.set_remat(loaded, False)
+    assert not any(loaded.get_layer(block.name).remat for block in blocks)
+    with pytest.raises(ValueError, match="enabled must be True or False. Received: enabled=1"):
+        training.set_remat(model, 1)
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="model must be a ConvMixer"):
+        training.set_remat(plain)
+
+
 def test_compile_for_recipe_sets_the_schedule_and_loss():
     model = keras_convmixer.ConvMixer(8, 1, 3, 2, classes=10)
     recipe = training.compile_for_recipe(model, "cifar10", steps_per_epoch=7, epochs=2)
