@@ -399,11 +399,12 @@ def batch_norm_training(norm: keras.layers.BatchNormalization, x):
     if _fused_training_applies(norm, x):
         return _fused_training(norm, x)
     wide = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
-    axis = norm.axis % len(x.shape)
-    axes = [i for i in range(len(x.shape)) if i != axis]
+    axes = [i for i in range(len(x.shape)) if i != norm.axis % len(x.shape)]
     mean, variance = ops.moments(wide, axes, synchronized=norm.synchronized)
     gamma, beta = (ops.cast(v, wide.dtype) for v in (norm.gamma, norm.beta))
-    out = ops.batch_normalization(wide, mean, variance, axis, beta, gamma, norm.epsilon)
+    # `norm.axis` as Keras' layer passes it: on TensorFlow any other axis than -1 reshapes the
+    # statistics, whose length a synchronised (all-reduced) mean no longer knows.
+    out = ops.batch_normalization(wide, mean, variance, norm.axis, beta, gamma, norm.epsilon)
     return ops.cast(out, norm.compute_dtype), ops.stop_gradient(mean), ops.stop_gradient(variance)
 
 
