@@ -777,7 +777,7 @@ def parser() -> argparse.ArgumentParser:
         "--remat",
         action="store_true",
         help="gradient checkpointing: compute each block again in the backward pass, to save "
-        "memory for about 30%% more time a step",
+        "memory for 20-40%% more time a step",
     )
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", help="default: val (folders), test or validation (tfds)")

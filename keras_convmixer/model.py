@@ -186,7 +186,7 @@ def ConvMixer(
             (same numbers; see `keras_convmixer.kernels`). Defaults to `"auto"`.
         remat: bool. Gradient checkpointing (timm's `set_grad_checkpointing`): in training,
             each block's activations are computed again in the backward pass rather than
-            kept, for about 30% more time a step. Same numbers. Defaults to False.
+            kept, for 20–40% more time a step. Same numbers. Defaults to False.
         name: str. Model name. Defaults to `convmixer_{dim}_{depth}`.
 
     Returns:
