@@ -11,6 +11,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """`value` if it is True or False, else a ValueError naming `name`."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False. Received: {name}={value!r}")
+    return value
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """`value` as a Python int if it is a positive integer, else a ValueError naming `name`."""
     if not _is_int(value) or value < 1:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import keras
 from keras import layers, ops
 
-from keras_convmixer.checks import check_positive_int
+from keras_convmixer.checks import check_bool, check_positive_int
 from keras_convmixer.distribute import sync_batch_norm
 from keras_convmixer.kernels import (
     batch_norm,
@@ -172,9 +172,7 @@ class ConvMixerBlock(_ConvActNorm):
                 f"Received: depthwise_impl={depthwise_impl!r}"
             )
         self.depthwise_impl = depthwise_impl
-        if not isinstance(remat, bool):
-            raise ValueError(f"remat must be True or False. Received: remat={remat!r}")
-        self.remat = remat
+        self.remat = check_bool("remat", remat)
         self.depthwise = layers.DepthwiseConv2D(
             kernel_size,
             padding="same",

@@ -24,7 +24,7 @@ import keras
 from keras import ops
 
 from keras_convmixer import imagenet
-from keras_convmixer.checks import check_non_negative_int, check_positive_int
+from keras_convmixer.checks import check_bool, check_non_negative_int, check_positive_int
 from keras_convmixer.layers import PACKAGE, ConvMixerBlock
 from keras_convmixer.model import block_count
 
@@ -450,8 +450,7 @@ def set_remat(model: keras.Model, enabled: bool = True) -> keras.Model:
     """Turns gradient checkpointing of every block on or off (timm's `set_grad_checkpointing`),
     for a model built with or without `remat=True` or loaded from a `.keras` file; see
     `ConvMixerBlock`. Before `compile`, or compile again."""
-    if not isinstance(enabled, bool):
-        raise ValueError(f"enabled must be True or False. Received: enabled={enabled!r}")
+    check_bool("enabled", enabled)
     block_count(model)
     for layer in model.layers:
         if isinstance(layer, ConvMixerBlock):
