@@ -194,19 +194,19 @@ class ConvMixerBlock(_ConvActNorm):
             return self._mix(inputs, lambda norm, x: batch_norm(norm, x, training))
         # What is computed again must not update the moving statistics a second time (Keras'
         # `RematScope` does, on PyTorch): it returns the batch's, and they are applied here.
-        norms = [norm for norm in (self.depthwise_norm, self.pointwise_norm) if norm.trainable]
-        out, *statistics = keras.remat(self._mix_for_training)(inputs)
-        for norm, mean, variance in zip(norms, statistics[::2], statistics[1::2], strict=True):
+        trained = [norm for norm in (self.depthwise_norm, self.pointwise_norm) if norm.trainable]
+        out, *statistics = keras.remat(lambda x: self._mix_for_training(x, trained))(inputs)
+        for norm, mean, variance in zip(trained, statistics[::2], statistics[1::2], strict=True):
             update_moving_statistics(norm, mean, variance)
         return out
 
-    def _mix_for_training(self, inputs) -> tuple:
+    def _mix_for_training(self, inputs, trained: list) -> tuple:
         """The block in training, free of side effects: `(output, mean, variance, ...)`, the
-        batch statistics of each trainable BatchNorm."""
+        batch statistics of each BatchNorm in `trained` (the others run in inference mode)."""
         statistics = []
 
         def normalize(norm, x):
-            if not norm.trainable:
+            if norm not in trained:
                 return batch_norm(norm, x, training=False)
             out, mean, variance = batch_norm_training(norm, x)
             statistics.extend((mean, variance))
