@@ -24,6 +24,7 @@ from keras_convmixer.distribute import sync_batch_norm
 from keras_convmixer.kernels import (
     batch_norm,
     batch_norm_training,
+    cast,
     depthwise_conv2d,
     global_average_pool,
     patch_conv2d,
@@ -226,7 +227,7 @@ class ConvMixerBlock(_ConvActNorm):
         )
         # `mixed` may be float32 under mixed precision (see `depthwise_conv2d`): one rounding.
         x = normalize(self.depthwise_norm, self.activation(mixed))
-        x = ops.cast(ops.add(x, inputs), inputs.dtype)
+        x = cast(ops.add(x, inputs), inputs.dtype)
         mixed = pointwise_conv2d(
             x, self.pointwise.kernel, self.pointwise.bias, self.activation, self.data_format
         )

@@ -444,6 +444,54 @@ def test_shift_depthwise_keeps_16_bit_inputs_sums_in_float32():
     np.testing.assert_allclose(to_numpy(out), to_numpy(exact), rtol=1e-5, atol=1e-5)
 
 
+def test_cast_to_bfloat16_rounds_as_the_backend_does():
+    """`kernels.cast` (integer rounding on JAX on a CPU) gives the backend's own bits: ties to
+    even, overflow to infinity, subnormals, signed zeros; NaN stays NaN; its gradient is the
+    cast's (the upstream gradient, rounded)."""
+    from keras_convmixer.kernels import cast
+
+    rng = np.random.default_rng(7)
+    spread = rng.normal(size=4096) * np.exp(rng.uniform(-90, 90, size=4096))
+    special = np.array(
+        [
+            0x3F808000,
+            0x3F818000,
+            0xBF808000,
+            0x3F80C000,
+            0x7F7FFFFF,
+            0x7F7F7FFF,
+            0x00008000,
+            0x00018000,
+            0x80000000,
+            0x00000000,
+            0x7F800000,
+            0xFF800000,
+        ],
+        dtype=np.uint32,
+    ).view(np.float32)  # ties (even and odd), largest finite, subnormals, ±0, ±inf
+    values = np.concatenate([spread.astype(np.float32), special])
+    x = keras.ops.convert_to_tensor(values)
+    ours = to_numpy(keras.ops.cast(cast(x, "bfloat16"), "float32"))
+    theirs = to_numpy(keras.ops.cast(keras.ops.cast(x, "bfloat16"), "float32"))
+    np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+    # NaNs whose bits, rounded as numbers, would give infinity and -0.
+    nans = np.array([0x7FC00000, 0x7F800001, 0x7FFFFFFF, 0xFFC00000], np.uint32).view(np.float32)
+    rounded = cast(keras.ops.convert_to_tensor(nans), "bfloat16")
+    assert np.isnan(to_numpy(keras.ops.cast(rounded, "float32"))).all()
+    if BACKEND == "jax":
+        import jax
+
+        upstream = rng.normal(size=values.shape).astype("float32")
+        weights = keras.ops.cast(upstream, "bfloat16")
+
+        def loss(v, rounding):
+            return keras.ops.sum(keras.ops.cast(rounding(v, "bfloat16") * weights, "float32"))
+
+        ours = jax.grad(loss)(x, cast)
+        theirs = jax.grad(loss)(x, keras.ops.cast)
+        np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs))
+
+
 def _training_batch_norm(norm, x, upstream, ours):
     """(output, d input, [d gamma, d beta,] moving mean, moving variance) of one training call
     (JAX: the gradient of the input only)."""
