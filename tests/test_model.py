@@ -569,8 +569,10 @@ def test_remat_trains_to_the_same_weights(policy, dtype_policy, monkeypatch):
             model.train_on_batch(x, y)
         weights[checkpointed] = [to_numpy(v) for v in model.weights]
     assert wrapped  # the blocks ran under keras.remat
-    # bfloat16 on JAX: XLA fuses the recomputed block differently, one rounding apart.
-    atol = 2e-3 if policy != "float32" and BACKEND == "jax" else 1e-6
+    # bfloat16 on JAX and TensorFlow: XLA's fusions, and oneDNN's bfloat16 kernels on a CPU with
+    # AVX512-BF16, compute the recomputed block in another order, one rounding apart (up to 8e-4
+    # measured on both); PyTorch gives the same bits.
+    atol = 2e-3 if policy != "float32" and BACKEND != "torch" else 1e-6
     for plain, checkpointed in zip(weights[False], weights[True], strict=True):
         np.testing.assert_allclose(checkpointed, plain, atol=atol)
 
