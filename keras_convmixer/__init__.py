@@ -22,6 +22,7 @@ if keras.backend.backend() != "tensorflow" and "TF_CPU_ALLOCATOR_USE_BFC" not in
 
 from keras_convmixer import layers
 from keras_convmixer.imagenet import decode_predictions, eval_transform, preprocess_input
+from keras_convmixer.kernels import keep_freed_memory
 from keras_convmixer.model import (
     VARIANTS,
     ConvMixer,
@@ -33,6 +34,8 @@ from keras_convmixer.model import (
     feature_extractor,
 )
 from keras_convmixer.pretrained import WEIGHTS
+
+keep_freed_memory()
 
 __version__ = "0.1.0"
 

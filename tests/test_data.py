@@ -586,3 +586,40 @@ def test_tensorflows_pooling_allocator_is_chosen_where_it_only_feeds_pipelines(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
     assert result.stdout.split()[-1] == str(expected)
+
+
+REALLOCATION_FAULTS = """
+import ctypes, resource, keras_convmixer
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 2**26
+block = libc.malloc(size)
+ctypes.memset(block, 1, size)
+libc.free(block)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+ctypes.memset(libc.malloc(size), 1, size)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(
+    "CS_GNU_LIBC_VERSION" not in getattr(os, "confstr_names", {}), reason="glibc's malloc only"
+)
+@pytest.mark.parametrize("preset", [None, "MALLOC_ARENA_MAX", "GLIBC_TUNABLES"])
+def test_freed_memory_is_reused_without_page_faults(preset):
+    """After `import keras_convmixer`, a freed 64 MiB block is allocated again from memory the
+    process kept (no page faults); glibc maps it anew (16,384 faults) if the user set malloc."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
+    env["KERAS_BACKEND"] = keras.backend.backend()
+    if preset is not None:
+        env[preset] = "glibc.malloc.arena_max=8" if preset == "GLIBC_TUNABLES" else "8"
+    result = subprocess.run(
+        [sys.executable, "-c", REALLOCATION_FAULTS],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    faults = int(result.stdout.split()[-1])
+    assert faults < 100 if preset is None else faults >= 2**26 // os.sysconf("SC_PAGE_SIZE")
