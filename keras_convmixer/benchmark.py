@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from keras_convmixer.distribute import list_devices
+from keras_convmixer.kernels import keep_freed_memory
 from keras_convmixer.model import create_model, variant_from_name
 from keras_convmixer.pretrained import assign, to_keras_arrays
 
@@ -273,6 +274,7 @@ def machine() -> dict:
         "backend": keras.backend.backend(),
         "devices": list_devices(),
         "xla_flags": os.environ.get("XLA_FLAGS"),  # set by `kernels.tune_xla_cpu` on JAX
+        "malloc_keeps_freed_memory": keep_freed_memory(),  # as `import keras_convmixer` set it
     }
     try:
         with open("/proc/cpuinfo") as f:

@@ -119,10 +119,12 @@ MALLOC_VARIABLES = (
 )
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Has glibc's malloc keep the memory this process frees for reuse, as TensorFlow's BFC and
     PyTorch's CUDA caching allocators do, rather than hand it back to the OS; returns whether it
-    did. `import keras_convmixer` calls it. The process then holds on to its peak memory.
+    did (the same answer on every call). `import keras_convmixer` calls it. The process then
+    holds on to its peak memory.
 
     XLA's CPU runtime allocates a step's temporaries as one block (1.4 GB for a training step of
     ConvMixer-768/8 at batch 8) from one of its worker threads. glibc maps such a block from the
