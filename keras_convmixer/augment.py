@@ -23,6 +23,8 @@
   for the erased boxes' pixels (on average 4.5% of the pixels at p=0.25) and writes each box
   in place, and follows timm's box sampling (10 attempts, first that fits).
 * Normalisation: one multiply-add (`normalize`).
+* Evaluation's resize (`data.eval_pipeline`): `resize` below, PIL's bicubic resize to within a
+  level, so that evaluation sees the pixels timm's transform makes.
 
 All of these are TensorFlow ops with stateless draws, run inside `tf.data` on every Keras
 backend. The two passes over whole batches, normalisation and mixing, are each one loop
@@ -72,10 +74,117 @@ def decode_rgb_window(contents, window_of) -> tf.Tensor:
     return image
 
 
+# PIL's resampling filters (torchvision resizes PIL images with them, in timm's pipelines):
+# their support, in input pixels at scale 1.
+SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
+PRECISION_BITS = 22  # of PIL's fixed-point weights for 8-bit images
+BLOCK = 16  # outputs per matrix product
+# Sizes are rounded up to these multiples, so that the matrix products take few distinct
+# shapes: oneDNN prepares a kernel for each new shape, which doubled the time of a resize
+# when every crop had its own.
+SIDE_MULTIPLE, WINDOW_MULTIPLE = 16, 8
+
+
+def _filter_weights(distance, bicubic):
+    """PIL's triangle filter, or its cubic one (a = -0.5) where `bicubic`, in PIL's order of
+    operations."""
+    x = tf.abs(distance)
+    triangle = tf.maximum(1.0 - x, 0.0)
+    near = ((1.5 * x - 2.5) * x) * x + 1.0
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * -0.5
+    cubic = tf.where(x < 1.0, near, tf.where(x < 2.0, far, tf.zeros_like(x)))
+    return tf.where(bicubic, cubic, triangle)
+
+
+def _round_up(value, multiple: int):
+    return (value + multiple - 1) // multiple * multiple
+
+
+def _resampling_windows(in_sizes, out_sizes, extents, bicubic):
+    """PIL's weights (`precompute_coeffs`) for both axes at once, `BLOCK` outputs at a time:
+    the input rows of each block's window `(2, blocks, length)`, below `extents`, and the
+    weights `(2, blocks, BLOCK, length)`. The filter is widened by the scale when shrinking,
+    cut at the image's edges and renormalised, in float64, then made PIL's fixed-point
+    integers (over 2**22, which float32 holds)."""
+    scale = tf.cast(in_sizes, tf.float64) / tf.cast(out_sizes, tf.float64)
+    stretch = tf.maximum(scale, 1.0)[:, None]
+    support = tf.cast(tf.where(bicubic, SUPPORT["bicubic"], SUPPORT["bilinear"]), tf.float64)
+    support *= stretch
+    blocks = (tf.reduce_max(out_sizes) + BLOCK - 1) // BLOCK
+    centres = (tf.range(blocks * BLOCK, dtype=tf.float64)[None, :] + 0.5) * scale[:, None]
+    first = tf.maximum(tf.cast(centres - support + 0.5, tf.int32), 0)
+    stop = tf.minimum(tf.cast(centres + support + 0.5, tf.int32), in_sizes[:, None])
+    starts = first[:, ::BLOCK]
+    ends = tf.reduce_max(tf.reshape(stop, (2, blocks, BLOCK)), axis=2)
+    length = _round_up(tf.reduce_max(ends - starts), WINDOW_MULTIPLE)
+    taps = starts[:, :, None] + tf.range(length)  # (2, blocks, length)
+    each = tf.reshape(tf.repeat(taps, BLOCK, axis=1), (2, blocks * BLOCK, length))
+    distance = (tf.cast(each, tf.float64) - centres[:, :, None] + 0.5) * (1.0 / stretch[:, :, None])
+    inside = (each >= first[:, :, None]) & (each < stop[:, :, None])
+    weights = tf.where(inside, _filter_weights(distance, bicubic), tf.zeros_like(distance))
+    weights /= tf.reduce_sum(weights, axis=2, keepdims=True)
+    one = 2.0**PRECISION_BITS
+    fixed = tf.where(weights < 0, tf.math.ceil(weights * one - 0.5), tf.floor(weights * one + 0.5))
+    weights = tf.cast(tf.reshape(fixed / one, (2, blocks, BLOCK, length)), tf.float32)
+    return tf.minimum(taps, extents[:, None, None] - 1), weights
+
+
+def _resample_rows(image, rows, weights, out_size):
+    """`image` `(h, w, 3)` resampled along its first axis to `out_size` rows (the windows'
+    `rows` and `weights` of `_resampling_windows`), rounded half up to whole levels and
+    clipped, as PIL stores each pass."""
+    shape = tf.shape(image)
+    windows = tf.gather(tf.reshape(image, (shape[0], -1)), rows)
+    levels = tf.clip_by_value(tf.floor(tf.matmul(weights, windows) + 0.5), 0.0, 255.0)
+    return tf.reshape(levels, (-1, shape[1], 3))[:out_size]
+
+
+def _resample_columns(image, rows, weights, out_size):
+    columns = _resample_rows(tf.transpose(image, (1, 0, 2)), rows, weights, out_size)
+    return tf.transpose(columns, (1, 0, 2))
+
+
+def resize(image, height, width, bicubic=True):
+    """An RGB image `(h, w, 3)` (whole levels in [0, 255]) resized to `(height, width)` as
+    PIL 13 resizes an 8-bit image (`Image.resize`, which torchvision runs in timm's
+    transforms): antialiased bilinear or bicubic (`bicubic`, a bool or a boolean tensor), in
+    two passes each rounded to whole levels, the height first where it shrinks by more than
+    twice as many pixels as the width, else the width first (PIL before 13: always the width
+    first). float32, PIL's weights; float32 sums of PIL's fixed-point products round a level
+    apart from PIL's on up to 2.5% of the pixels (tests/test_data.py). A window of an image
+    is resized alike when cut first: PIL's `box` argument would filter across its edges.
+
+    Each pass takes `BLOCK` outputs at a time from one window of consecutive input rows, as
+    a batch of small matrix products. In `tf.data` it ran as fast as TensorFlow's
+    antialiased resize (`ScaleAndTranslate`), which differs from PIL's by up to 5 levels on
+    15% of the pixels (intermediate passes kept unrounded, unclipped, in another order)."""
+    shape = tf.shape(image)[:2]
+    outs = tf.stack([height, width])
+    padded = _round_up(shape, SIDE_MULTIPLE)  # the rows and columns the products see
+    image = tf.pad(
+        tf.cast(image, tf.float32), [[0, padded[0] - shape[0]], [0, padded[1] - shape[1]], [0, 0]]
+    )
+    rows, weights = _resampling_windows(shape, outs, padded, bicubic)
+    # Each axis's own blocks: the windows were made for the longer side's.
+    blocks = [(size + BLOCK - 1) // BLOCK for size in (height, width)]
+    by_height = (rows[0, : blocks[0]], weights[0, : blocks[0]], height)
+    by_width = (rows[1, : blocks[1]], weights[1, : blocks[1]], width)
+    shrink = shape[0] - height
+    height_first = (shrink > 0) & (shrink > 2 * (shape[1] - width))
+    resized = tf.cond(
+        height_first,
+        lambda: _resample_columns(_resample_rows(image, *by_height), *by_width),
+        lambda: _resample_rows(_resample_columns(image, *by_width), *by_height),
+    )
+    return tf.reshape(resized, (height, width, 3))
+
+
 def random_resized_crop(image, seed, size: int, scale, ratio):
     """A random crop of `scale` area and `ratio` aspect (log-uniform), resized to `size`² with
     bilinear or bicubic interpolation drawn at random (timm's "random" interpolation).
-    `image`: uint8, or an encoded image (a string), of which only the crop is decoded."""
+    `image`: uint8, or an encoded image (a string), of which only the crop is decoded.
+    The resize is TensorFlow's antialiased one: `resize` (PIL's, for evaluation) made the
+    whole ImageNet pipeline about 10% slower, and augmentation needs no pixel parity."""
     crop_seed, method_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
 
     def window_of(shape):

@@ -23,6 +23,7 @@ from keras_convmixer.augment import (
     example_transform,
     normalize,
     part_seed,
+    resize,
 )
 from keras_convmixer.checks import check_non_negative_int, check_positive_int
 from keras_convmixer.training import Recipe, get_recipe
@@ -304,8 +305,9 @@ def eval_pipeline(
     batches: int | None = None,
     **overrides,
 ) -> tf.data.Dataset:
-    """Evaluation batches: the shorter side resized to `image_size / crop_pct` (bicubic), a
-    centred `image_size` crop, normalisation, one-hot labels; the last batch may be short.
+    """Evaluation batches as timm's evaluation transform makes them: the shorter side resized
+    to `image_size / crop_pct` (bicubic, as PIL resizes: `augment.resize`), a centred
+    `image_size` crop, normalisation; one-hot labels. The last batch may be short.
     `dataset`: (uint8 or encoded image, int label) pairs; grey images are made RGB.
 
     `pad_to`: when above 1, a short last batch is filled up to a multiple of it with zeros
@@ -340,15 +342,10 @@ def eval_pipeline(
         scale = resize_to / tf.reduce_min(shape)
         new_shape = tf.cast(tf.math.floor(shape * scale + 1e-4), tf.int32)
         new_shape = tf.maximum(new_shape, resize_to)
-        # The resize takes uint8 as it is: the same result as from float32, a pass sooner.
-        image = tf.cond(
-            tf.reduce_all(new_shape == tf.shape(image)[:2]),
-            lambda: tf.cast(image, tf.float32),
-            lambda: tf.image.resize(image, new_shape, method="bicubic", antialias=True),
-        )
-        top = (new_shape[0] - size + 1) // 2
-        left = (new_shape[1] - size + 1) // 2
-        image = tf.clip_by_value(image[top : top + size, left : left + size], 0.0, 255.0)
+        image = resize(image, new_shape[0], new_shape[1])
+        # torchvision's CenterCrop: half the margin, rounded half to even as Python rounds.
+        top, left = tf.unstack(tf.cast(tf.round((new_shape - size) / 2), tf.int32))
+        image = image[top : top + size, left : left + size]
         image.set_shape((size, size, 3))
         return normalize(image, recipe.mean, recipe.std), tf.one_hot(label, num_classes)
 
