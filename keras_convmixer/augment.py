@@ -122,7 +122,8 @@ def _resampling_windows(in_sizes, out_sizes, extents, bicubic):
     distance = (tf.cast(each, tf.float64) - centres[:, :, None] + 0.5) * (1.0 / stretch[:, :, None])
     inside = (each >= first[:, :, None]) & (each < stop[:, :, None])
     weights = tf.where(inside, _filter_weights(distance, bicubic), tf.zeros_like(distance))
-    weights /= tf.reduce_sum(weights, axis=2, keepdims=True)
+    # Outputs past the end of the shorter side (blocks are the longer side's) have none.
+    weights = tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=2, keepdims=True))
     one = 2.0**PRECISION_BITS
     fixed = tf.where(weights < 0, tf.math.ceil(weights * one - 0.5), tf.floor(weights * one + 0.5))
     weights = tf.cast(tf.reshape(fixed / one, (2, blocks, BLOCK, length)), tf.float32)
@@ -144,7 +145,7 @@ def _resample_columns(image, rows, weights, out_size):
     return tf.transpose(columns, (1, 0, 2))
 
 
-def resize(image, height, width, bicubic=True):
+def resize(image, height, width, bicubic=True) -> tf.Tensor:
     """An RGB image `(h, w, 3)` (whole levels in [0, 255]) resized to `(height, width)` as
     PIL 13 resizes an 8-bit image (`Image.resize`, which torchvision runs in timm's
     transforms): antialiased bilinear or bicubic (`bicubic`, a bool or a boolean tensor), in
