@@ -471,7 +471,7 @@ def test_eval_pipeline_is_timms_eval_transform_within_one_level():
 
 
 def test_eval_pipeline_gives_the_same_batches_from_uint8_and_float_images():
-    """uint8 images and the same as float32: the same batches."""
+    """uint8 images and the same images as float32 give the same batches."""
     import skimage.data
 
     photos = [skimage.data.chelsea()[:97, :123], skimage.data.coffee()[:131, :90]]
