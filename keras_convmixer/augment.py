@@ -96,8 +96,12 @@ def _filter_weights(distance, bicubic):
     return tf.where(bicubic, cubic, triangle)
 
 
+def _ceil_div(value, divisor: int):
+    return (value + divisor - 1) // divisor
+
+
 def _round_up(value, multiple: int):
-    return (value + multiple - 1) // multiple * multiple
+    return _ceil_div(value, multiple) * multiple
 
 
 def _resampling_windows(in_sizes, out_sizes, extents, bicubic):
@@ -110,7 +114,7 @@ def _resampling_windows(in_sizes, out_sizes, extents, bicubic):
     stretch = tf.maximum(scale, 1.0)[:, None]
     support = tf.cast(tf.where(bicubic, SUPPORT["bicubic"], SUPPORT["bilinear"]), tf.float64)
     support *= stretch
-    blocks = (tf.reduce_max(out_sizes) + BLOCK - 1) // BLOCK
+    blocks = _ceil_div(tf.reduce_max(out_sizes), BLOCK)
     centres = (tf.range(blocks * BLOCK, dtype=tf.float64)[None, :] + 0.5) * scale[:, None]
     first = tf.maximum(tf.cast(centres - support + 0.5, tf.int32), 0)
     stop = tf.minimum(tf.cast(centres + support + 0.5, tf.int32), in_sizes[:, None])
@@ -167,7 +171,7 @@ def resize(image, height, width, bicubic=True) -> tf.Tensor:
     )
     rows, weights = _resampling_windows(shape, outs, padded, bicubic)
     # Each axis's own blocks: the windows were made for the longer side's.
-    blocks = [(size + BLOCK - 1) // BLOCK for size in (height, width)]
+    blocks = [_ceil_div(size, BLOCK) for size in (height, width)]
     by_height = (rows[0, : blocks[0]], weights[0, : blocks[0]], height)
     by_width = (rows[1, : blocks[1]], weights[1, : blocks[1]], width)
     shrink = shape[0] - height
