@@ -569,6 +569,34 @@ def test_a_jpegs_window_decodes_to_the_whole_images_pixels():
             np.testing.assert_array_equal(window, whole, err_msg=f"{name} {top, left, rows, cols}")
 
 
+def test_the_random_crop_is_resized_as_tensorflows_antialiased_resize():
+    """Whole photos (scale and ratio 1) growing on both axes, on one, and shrinking: each
+    resized image is TensorFlow's antialiased resize with bilinear or bicubic, the draw.
+    Growing crops take the plain kernels: bilinear's values are the same, bicubic's within
+    0.2 of a level."""
+    import skimage.data
+
+    photo = skimage.data.astronaut()
+    methods = set()
+    for shape in ((150, 180), (20, 31), (1, 1), (40, 300), (300, 250)):
+        image = photo[: shape[0], : shape[1]]
+        for seed in range(4):
+            crop = augment.random_resized_crop(
+                image, tf.constant([seed, 7]), 224, (1.0, 1.0), (1.0, 1.0)
+            ).numpy()
+            errors = {
+                method: np.abs(
+                    crop - tf.image.resize(image, (224, 224), method, antialias=True).numpy()
+                ).max()
+                for method in ("bilinear", "bicubic")
+            }
+            method = min(errors, key=errors.get)
+            methods.add(method)
+            tolerance = 0.2 if method == "bicubic" and max(shape) <= 224 else 1e-3
+            assert errors[method] <= tolerance, (shape, seed, errors)
+    assert methods == {"bilinear", "bicubic"}
+
+
 @pytest.mark.parametrize("dtype", [tf.uint8, tf.string])
 @pytest.mark.parametrize("scale", [(0.08, 1.0), (1.0, 1.0)])
 def test_the_random_crop_has_a_static_shape_whatever_its_input(dtype, scale):
