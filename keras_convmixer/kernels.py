@@ -48,7 +48,9 @@ weights rather than a reduction, which XLA's YNNPACK fusion would merge with the
 BatchNorm (`batch_norm`): in inference one pass rather than Keras' three: the backend's fused
 kernel on TensorFlow and PyTorch, elsewhere the moving statistics folded into one scale and one
 shift per channel (XLA fuses it into its neighbours). In float32 training on TensorFlow and
-PyTorch, the fused training kernels with Keras' update of the moving statistics.
+PyTorch, the fused training kernels with Keras' update of the moving statistics; on JAX, a
+training BatchNorm with its gradient written out (`_jax_training`), whose every reduction reads
+tensors that are already in memory.
 """
 
 from __future__ import annotations
@@ -486,6 +488,8 @@ def batch_norm_training(norm: keras.layers.BatchNormalization, x):
     where the fused kernel does not apply."""
     if _fused_training_applies(norm, x):
         return _fused_training(norm, x)
+    if keras.backend.backend() == "jax" and norm.center and norm.scale and not norm.synchronized:
+        return _jax_training(norm, x)
     wide = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
     axes = [i for i in range(len(x.shape)) if i != norm.axis % len(x.shape)]
     mean, variance = ops.moments(wide, axes, synchronized=norm.synchronized)
@@ -581,3 +585,51 @@ def _fused_training(norm: keras.layers.BatchNormalization, x):
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), unbiased.dtype)
         mean, variance = tf.stop_gradient(mean), tf.stop_gradient(unbiased * (count - 1) / count)
     return out, mean, variance
+
+
+def _jax_training(norm: keras.layers.BatchNormalization, x):
+    """`batch_norm_training` on JAX, float32 arithmetic, with the gradient written out.
+
+    XLA's CPU backend hands reductions to YNNPACK, which reads only tensors in memory, so each
+    reduction of Keras' two-pass variance and of its differentiated normalisation (`x - mean`,
+    `grad * x̂`) first wrote its operand out in full. Here the reductions read `x`, `x²`, `grad`
+    and `grad · x` (as Flax's `use_fast_variance` does, variance = E[x²] - mean²) and the input
+    gradient is one multiply-add per element. One BatchNorm and its gradient at ConvMixer-768's
+    shape: 20 → 12.5 ms; a ConvMixer-768/32 training step: 9.05 → 8.47 s (batch 8, 2 cores,
+    alternating steps in one process).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    axis = norm.axis % len(x.shape)
+    axes = tuple(i for i in range(len(x.shape)) if i != axis)
+    count = functools.reduce(lambda n, i: n * x.shape[i], axes, 1)
+    shape = tuple(-1 if i == axis else 1 for i in range(len(x.shape)))
+
+    def forward(x, gamma, beta):
+        wide = x.astype(jnp.float32)
+        mean = jnp.sum(wide, axes) / count
+        variance = jnp.maximum(jnp.sum(jnp.square(wide), axes) / count - jnp.square(mean), 0.0)
+        inverse = jax.lax.rsqrt(variance + norm.epsilon)
+        scale = gamma * inverse
+        out = wide * scale.reshape(shape) + (beta - mean * scale).reshape(shape)
+        return (out, mean, variance), (x, mean, inverse, gamma)
+
+    def backward(saved, cotangents):
+        x, mean, inverse, gamma = saved
+        grad = cotangents[0]  # the statistics leave through `stop_gradient`
+        wide = x.astype(jnp.float32)
+        d_beta = jnp.sum(grad, axes)
+        d_gamma = (jnp.sum(grad * wide, axes) - mean * d_beta) * inverse
+        # d_x = scale · (grad - d_beta / count - x̂ · d_gamma / count), x̂ = (x - mean) · inverse
+        scale = gamma * inverse
+        slope = scale * inverse * d_gamma / count
+        offset = scale * (mean * inverse * d_gamma - d_beta) / count
+        d_x = grad * scale.reshape(shape) - wide * slope.reshape(shape) + offset.reshape(shape)
+        return d_x.astype(x.dtype), d_gamma, d_beta
+
+    normalize = jax.custom_vjp(lambda x, gamma, beta: forward(x, gamma, beta)[0])
+    normalize.defvjp(forward, backward)
+    gamma, beta = (ops.cast(v, "float32") for v in (norm.gamma, norm.beta))
+    out, mean, variance = normalize(x, gamma, beta)
+    return ops.cast(out, norm.compute_dtype), ops.stop_gradient(mean), ops.stop_gradient(variance)

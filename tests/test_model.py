@@ -493,8 +493,7 @@ def test_cast_to_bfloat16_rounds_as_the_backend_does():
 
 
 def _training_batch_norm(norm, x, upstream, ours):
-    """(output, d input, [d gamma, d beta,] moving mean, moving variance) of one training call
-    (JAX: the gradient of the input only)."""
+    """(output, d input, d gamma, d beta, moving mean, moving variance) of one training call."""
     from keras_convmixer.kernels import batch_norm
 
     def call(inputs):
@@ -511,8 +510,13 @@ def _training_batch_norm(norm, x, upstream, ours):
         import jax
 
         out = call(x)
-        with keras.StatelessScope():  # the traced call's updates stay in the scope
-            grads = [jax.grad(lambda inputs: (call(inputs) * upstream).sum())(x)]
+
+        def loss(inputs, gamma, beta):
+            # The traced call's updates of the moving statistics stay in the scope.
+            with keras.StatelessScope(state_mapping=[(norm.gamma, gamma), (norm.beta, beta)]):
+                return (call(inputs) * upstream).sum()
+
+        grads = jax.grad(loss, argnums=(0, 1, 2))(x, norm.gamma.value, norm.beta.value)
     else:
         import tensorflow as tf
 
@@ -529,8 +533,8 @@ def _training_batch_norm(norm, x, upstream, ours):
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_training_batch_norm_matches_keras(axis):
     """Outputs, gradients and moving statistics of the package's training BatchNorm (the fused
-    kernel on TensorFlow and PyTorch) equal Keras' layer (with randomised parameters and
-    statistics, so a swapped mean/variance would show)."""
+    kernel on TensorFlow and PyTorch, the written-out gradient on JAX) equal Keras' layer (with
+    randomised parameters and statistics, so a swapped mean/variance would show)."""
     rng = np.random.default_rng(4)
     shape = (4, 5, 6, 8) if axis == -1 else (4, 8, 5, 6)
     norms = [keras.layers.BatchNormalization(axis, momentum=0.9, epsilon=1e-5) for _ in "ab"]
