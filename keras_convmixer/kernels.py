@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 
 import keras
@@ -602,17 +603,20 @@ def _jax_training(norm: keras.layers.BatchNormalization, x):
     XLA's CPU backend hands reductions to YNNPACK, which reads only tensors in memory, so each
     reduction of Keras' two-pass variance and of its differentiated normalisation (`x - mean`,
     `grad * x̂`) first wrote its operand out in full. Here the reductions read `x`, `x²`, `grad`
-    and `grad · x` (as Flax's `use_fast_variance` does, variance = E[x²] - mean²) and the input
-    gradient is one multiply-add per element. One BatchNorm and its gradient at ConvMixer-768's
-    shape: 20 → 12.5 ms; a ConvMixer-768/32 training step: 9.05 → 8.47 s (batch 8, 2 cores,
-    alternating steps in one process).
+    and `grad · x`, and the input gradient is one multiply-add per element. The variance is
+    E[x²] - mean², as with Flax's `use_fast_variance`: it loses digits where a channel's mean
+    is large against its spread: up to 5e-7 · (mean / std)² of the variance, measured over
+    8,192 values a channel (5e-3 at a mean of 100 standard deviations).
+
+    One BatchNorm and its gradient at ConvMixer-768's shape: 20 → 12.5 ms; a ConvMixer-768/32
+    training step: 9.05 → 8.47 s (batch 8, 2 cores, alternating steps in one process).
     """
     import jax
     import jax.numpy as jnp
 
     axis = norm.axis % len(x.shape)
     axes = tuple(i for i in range(len(x.shape)) if i != axis)
-    count = functools.reduce(lambda n, i: n * x.shape[i], axes, 1)
+    count = math.prod(x.shape[i] for i in axes)
     shape = tuple(-1 if i == axis else 1 for i in range(len(x.shape)))
 
     def forward(x, gamma, beta):
