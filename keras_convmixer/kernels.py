@@ -48,9 +48,9 @@ weights rather than a reduction, which XLA's YNNPACK fusion would merge with the
 BatchNorm (`batch_norm`): in inference one pass rather than Keras' three: the backend's fused
 kernel on TensorFlow and PyTorch, elsewhere the moving statistics folded into one scale and one
 shift per channel (XLA fuses it into its neighbours). In float32 training on TensorFlow and
-PyTorch, the fused training kernels with Keras' update of the moving statistics; on JAX, a
-training BatchNorm with its gradient written out (`_jax_training`), whose every reduction reads
-tensors that are already in memory.
+PyTorch, the fused training kernels with Keras' update of the moving statistics; on JAX on a
+CPU, a training BatchNorm with its gradient written out (`_jax_training`), whose every
+reduction reads tensors that are already in memory.
 """
 
 from __future__ import annotations
@@ -498,7 +498,8 @@ def batch_norm_training(norm: keras.layers.BatchNormalization, x):
     where the fused kernel does not apply."""
     if _fused_training_applies(norm, x):
         return _fused_training(norm, x)
-    if keras.backend.backend() == "jax" and norm.center and norm.scale and not norm.synchronized:
+    jax_on_cpu = keras.backend.backend() == "jax" and _xla_on_cpu()
+    if jax_on_cpu and norm.center and norm.scale and not norm.synchronized:
         return _jax_training(norm, x)
     wide = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
     axes = [i for i in range(len(x.shape)) if i != norm.axis % len(x.shape)]
@@ -598,7 +599,7 @@ def _fused_training(norm: keras.layers.BatchNormalization, x):
 
 
 def _jax_training(norm: keras.layers.BatchNormalization, x):
-    """`batch_norm_training` on JAX, float32 arithmetic, with the gradient written out.
+    """`batch_norm_training` on JAX on a CPU, float32 arithmetic, with the gradient written out.
 
     XLA's CPU backend hands reductions to YNNPACK, which reads only tensors in memory, so each
     reduction of Keras' two-pass variance and of its differentiated normalisation (`x - mean`,
