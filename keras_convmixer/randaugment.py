@@ -13,7 +13,7 @@ The reference pipelines run these ops with PIL on uint8 images. Here images are 
 whole values in [0, 255], and every op rounds, truncates and clips as PIL does, so that op by
 op the results match PIL's (tests/test_randaugment.py compares each op with timm's). One
 difference: timm resamples its geometric ops bilinearly or bicubically at random; here they
-are always bilinear, as TensorFlow's projective transform has no bicubic.
+are always bilinear, the cheaper of the two (a bicubic sample would gather 16 pixels).
 
 Each image draws its own ops, magnitudes and signs from a stateless seed, and only the drawn
 ops run (`tf.switch_case`), so RandAugment costs what the drawn ops cost and a seeded stream
@@ -149,28 +149,66 @@ def affine(image: Image, matrix, fill, interpolation: str = "BILINEAR") -> Image
     """PIL's `Image.transform(size, AFFINE, matrix)`: the output pixel centred at (x, y) takes
     the input at (a x + b y + c, d x + e y + f), in coordinates where pixel centres sit at
     half-integers, and `fill` (one value per channel) where that lies outside the input.
-    As PIL does, sampling near the edges repeats the edge pixels, and the result truncates."""
-    a, b, c, d, e, f = (tf.cast(v, tf.float32) for v in matrix)
-    # TensorFlow's transform maps output to input pixel indices (centres at integers); outside
-    # the input it repeats the edge pixels, and `fill` goes where PIL puts it.
-    transform = tf.stack([a, b, c + 0.5 * (a + b - 1), d, e, f + 0.5 * (d + e - 1), 0.0, 0.0])
+    As PIL does, sampling near the edges repeats the edge pixels, and the result truncates.
 
-    moved = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None],
-        transforms=transform[None],
-        output_shape=tf.shape(image)[:2],
-        fill_value=0.0,
-        interpolation=interpolation,
-        fill_mode="NEAREST",
-    )[0]
-    width, height = _size(image)
-    # Pixel centres in all three channels: constants where the image's shape is known.
+    The samples are gathered from the image's pixels, with `fill` as one more, rather than
+    warped by TensorFlow's projective transform: at 224² inside `tf.data`, 1.6–2.3 against
+    2.6–3.9 ms of a core for a rotation. A matrix whose second (first) row is the identity, in
+    Python numbers, keeps whole rows (columns), whose samples need two neighbours rather than
+    four: a shear, 0.9–1.2 against 1.9–3.2 ms.
+    """
+    a, b, c, d, e, f = matrix
     shape = tf.shape(image)
-    x = tf.broadcast_to(tf.range(width)[None, :, None] + 0.5, shape)
-    y = tf.broadcast_to(tf.range(height)[:, None, None] + 0.5, shape)
-    source_x, source_y = a * x + b * y + c, d * x + e * y + f
-    inside = (source_x >= 0) & (source_x < width) & (source_y >= 0) & (source_y < height)
-    return _select(inside, tf.floor(moved), tile_channels(fill, image))
+    height, width = shape[0], shape[1]
+    size_x, size_y = _size(image)
+
+    def source(channels: int):
+        """Where each output pixel samples, in (height, width, channels): computed at that
+        shape from folded constants, as TensorFlow broadcasts along a trailing axis slowly."""
+        extent = tf.stack([height, width, channels])
+        x = tf.broadcast_to(tf.reshape(tf.range(size_x) + 0.5, (1, -1, 1)), extent)
+        y = tf.broadcast_to(tf.reshape(tf.range(size_y) + 0.5, (-1, 1, 1)), extent)
+        return a * x + b * y + c, d * x + e * y + f
+
+    source_x, source_y = source(1)
+    inside = (source_x >= 0) & (source_x < size_x) & (source_y >= 0) & (source_y < size_y)
+    table = tf.concat(
+        [tf.reshape(image, (-1, 3)), tf.reshape(tf.cast(fill, tf.float32), (1, 3))], 0
+    )
+
+    def tap(row, column):
+        """The pixels at whole coordinates, `fill` outside (so every tap of it is `fill`)."""
+        index = tf.cast(row, tf.int32) * width + tf.cast(column, tf.int32)
+        return tf.reshape(tf.gather(table, tf.where(inside, index, height * width)), shape)
+
+    if interpolation == "NEAREST":
+        return tap(tf.floor(source_y), tf.floor(source_x))
+
+    def split(coordinate, size):
+        """Index coordinate (centres at whole numbers) clamped to the image: whole, fraction."""
+        index = tf.clip_by_value(coordinate - 0.5, 0.0, size - 1.0)
+        whole = tf.floor(index)
+        return whole, index - whole
+
+    column, _ = split(source_x, size_x)
+    row, _ = split(source_y, size_y)
+    right, below = tf.minimum(column + 1.0, size_x - 1.0), tf.minimum(row + 1.0, size_y - 1.0)
+    x3, y3 = source(3)
+    across, down = split(x3, size_x)[1], split(y3, size_y)[1]
+    first = tap(row, column)
+    if _known((a, b, c), (1, 0, 0)):  # whole columns
+        return tf.floor(first + down * (tap(below, column) - first))
+    top = first + across * (tap(row, right) - first)
+    if _known((d, e, f), (0, 1, 0)):  # whole rows
+        return tf.floor(top)
+    bottom_left = tap(below, column)
+    bottom = bottom_left + across * (tap(below, right) - bottom_left)
+    return tf.floor(top + down * (bottom - top))
+
+
+def _known(values: tuple, expected: tuple) -> bool:
+    """Whether `values` are Python numbers equal to `expected`, known before tracing."""
+    return all(isinstance(v, (int, float)) for v in values) and values == expected
 
 
 def _size(image: Image):

@@ -97,6 +97,25 @@ def test_translations_match_pil_at_any_shift(photo, interpolation):
             assert_like_pil(shifted, reference, f"{translate.__name__} {pixels}")
 
 
+def test_shears_take_two_neighbours_as_the_general_warp_takes_four(photo):
+    """A shear keeps whole rows (columns): `affine` then gathers two neighbours of each sample
+    rather than four. The same pixels as the four-neighbour path, which a matrix of tensors
+    (a rotation's) takes, and PIL's to one level."""
+    image = tf.constant(np.asarray(photo), tf.float32)
+    for factor in (-0.3, 0.13, 0.27):
+        for shear, matrix in (
+            (randaugment.shear_x, (1, factor, 0, 0, 1, 0)),
+            (randaugment.shear_y, (1, 0, 0, factor, 1, 0)),
+        ):
+            sheared = shear(image, factor, fill=FILL).numpy()
+            general = randaugment.affine(image, [tf.constant(float(v)) for v in matrix], FILL)
+            np.testing.assert_array_equal(sheared, general.numpy())
+            reference = photo.transform(
+                photo.size, Image.AFFINE, matrix, Image.BILINEAR, fillcolor=FILL
+            )
+            assert_like_pil(sheared, reference, f"{shear.__name__} {factor}")
+
+
 def test_posterize_to_no_bits_is_black():
     """timm's PosterizeIncreasing at magnitude 10 keeps 0 bits; recent Pillow refuses that,
     the Pillow of the paper's time returned black."""
