@@ -157,7 +157,7 @@ def affine(image: Image, matrix, fill, interpolation: str = "BILINEAR") -> Image
     Python numbers, keeps whole rows (columns), whose samples need two neighbours rather than
     four: a shear, 0.9–1.2 against 1.9–3.2 ms.
     """
-    a, b, c, d, e, f = matrix
+    a, b, c, d, e, f = (v if _is_number(v) else tf.cast(v, tf.float32) for v in matrix)
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
     size_x, size_y = _size(image)
@@ -177,7 +177,8 @@ def affine(image: Image, matrix, fill, interpolation: str = "BILINEAR") -> Image
     )
 
     def tap(row, column):
-        """The pixels at whole coordinates, `fill` outside (so every tap of it is `fill`)."""
+        """The pixels at whole coordinates; `fill` for every tap of an output pixel whose source
+        lies outside, so that it blends to `fill`."""
         index = tf.cast(row, tf.int32) * width + tf.cast(column, tf.int32)
         return tf.reshape(tf.gather(table, tf.where(inside, index, height * width)), shape)
 
@@ -206,9 +207,13 @@ def affine(image: Image, matrix, fill, interpolation: str = "BILINEAR") -> Image
     return tf.floor(top + down * (bottom - top))
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float))
+
+
 def _known(values: tuple, expected: tuple) -> bool:
     """Whether `values` are Python numbers equal to `expected`, known before tracing."""
-    return all(isinstance(v, (int, float)) for v in values) and values == expected
+    return all(_is_number(v) for v in values) and values == expected
 
 
 def _size(image: Image):
