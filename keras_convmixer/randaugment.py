@@ -239,8 +239,9 @@ def translate_y(image: Image, pixels, **kwargs) -> Image:
 
 def _translate(image: Image, pixels, axis: int, fill, interpolation: str = "BILINEAR") -> Image:
     """`affine` for a shift of `pixels` along `axis` (0: rows, 1: columns), from slices of the
-    image rather than a warp (0.6 against 2.5 ms of a core at 224²): the same samples, the
-    edge pixels repeated, `fill` where the source lies outside."""
+    image rather than gathered pixels (0.45–0.6 against 0.9–1.2 ms of a core at 224²; 2.5 as
+    TensorFlow's projective transform): the same samples, the edge pixels repeated, `fill`
+    where the source lies outside."""
     pixels = tf.cast(pixels, tf.float32)
     size = tf.shape(image)[axis]
     source = tf.cast(tf.range(size), tf.float32) + 0.5 + pixels  # where `affine` samples
