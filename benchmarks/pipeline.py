@@ -10,12 +10,17 @@ adding RandAugment, RandomErasing, MixUp/CutMix), with the CPU time per image of
 RandAugment alone three ways, to back the choice in `keras_convmixer.augment`:
 this package's per image, keras-cv's layer on a batch, Keras 3's layer per image.
 The source images are scikit-image's photos (CC0) as 500×375 JPEGs (quality 90).
+
+With `--compare-timm`, also timm's own transform for the recipe (PIL; the reference that this
+package's pipeline reproduces) on one thread, as each DataLoader worker runs it: its images/s
+are those of one core. timm needs tests/timm_shim.py to import with the CPU torch wheel.
 """
 
 import argparse
 import io
 import json
 import os
+import sys
 import time
 
 import keras
@@ -27,17 +32,22 @@ from keras_convmixer import data, randaugment, training
 from keras_convmixer.benchmark import machine, write_json
 
 
+def photo_files() -> list[bytes]:
+    """scikit-image's three colour photos as 500×375 JPEGs (quality 90)."""
+    import skimage.data
+
+    files = []
+    for image in (skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut()):
+        buffer = io.BytesIO()
+        Image.fromarray(image).resize((500, 375)).save(buffer, format="JPEG", quality=90)
+        files.append(buffer.getvalue())
+    return files
+
+
 def photos(count: int, decoded: bool) -> tf.data.Dataset:
     """(image, label) pairs: decoded once and cached, or the JPEG files for the pipeline to
     decode."""
-    import skimage.data
-
-    sources = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut()]
-    encoded = []
-    for image in sources:
-        buffer = io.BytesIO()
-        Image.fromarray(image).resize((500, 375)).save(buffer, format="JPEG", quality=90)
-        encoded.append(buffer.getvalue())
+    encoded = photo_files()
     files = [encoded[i % len(encoded)] for i in range(count)]
     labels = np.arange(count) % 1000
     dataset = tf.data.Dataset.from_tensor_slices((files, labels))
@@ -128,12 +138,87 @@ def randaugment_comparison(batch_size: int, batches: int, repeats: int) -> dict:
     }
 
 
+def timm_reference(recipe: training.Recipe, batch_size: int, batches: int, repeats: int) -> dict:
+    """timm's training transform for `recipe` (`create_transform`: RandomResizedCrop with
+    random interpolation, flip, `rand-m{m}-mstd{std}-inc1`, normalisation, RandomErasing per
+    pixel) and its batch `Mixup` (MixUp/CutMix with label smoothing), on one thread: images/s
+    of that thread's CPU time (one core's rate) and CPU ms per image, from decoded PIL images
+    and from the same JPEG files. Posterize to 0 bits, which Pillow 13 refuses, gives black as
+    older Pillow did (as `keras_convmixer.randaugment.posterize`)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from timm_shim import import_timm
+
+    timm = import_timm()
+    import timm.data.auto_augment as auto_augment
+    import torch
+    from PIL import ImageOps
+
+    def posterize(image, bits_to_keep, **_):
+        if bits_to_keep >= 8:
+            return image
+        if bits_to_keep <= 0:
+            return image.point(lambda _: 0)
+        return ImageOps.posterize(image, bits_to_keep)
+
+    for name, op in auto_augment.NAME_TO_OP.items():
+        if op is auto_augment.posterize:
+            auto_augment.NAME_TO_OP[name] = posterize
+    torch.set_num_threads(1)
+    magnitude, std = recipe.randaugment_magnitude, recipe.randaugment_std
+    transform = timm.data.create_transform(
+        recipe.image_size,
+        is_training=True,
+        scale=recipe.scale,
+        ratio=recipe.ratio,
+        hflip=0.5 if recipe.flip else 0.0,
+        auto_augment=f"rand-m{magnitude:g}-mstd{std:g}-inc1",
+        interpolation="random",
+        re_prob=recipe.erasing_prob,
+        re_mode="pixel",
+        mean=recipe.mean,
+        std=recipe.std,
+    )
+    mix = timm.data.Mixup(
+        mixup_alpha=recipe.mixup_alpha,
+        cutmix_alpha=recipe.cutmix_alpha,
+        switch_prob=recipe.mix_switch_prob,
+        label_smoothing=recipe.label_smoothing,
+        num_classes=1000,
+    )
+    files = photo_files()
+    decoded = [Image.open(io.BytesIO(f)).convert("RGB") for f in files]
+    sources = {
+        "from decoded images": lambda i: decoded[i % len(files)],
+        "from JPEGs": lambda i: Image.open(io.BytesIO(files[i % len(files)])).convert("RGB"),
+    }
+    report = {}
+    for name, source in sources.items():
+        rates, cpu_ms = [], []
+        for _ in range(repeats):
+            start = time.thread_time()
+            for b in range(batches):
+                images = [transform(source(b * batch_size + i)) for i in range(batch_size)]
+                mix(torch.stack(images), torch.arange(batch_size) % 1000)
+            seconds = time.thread_time() - start
+            rates.append(batches * batch_size / seconds)
+            cpu_ms.append(1000 * seconds / (batches * batch_size))
+        report[name] = {
+            "median": float(np.median(rates)),
+            "runs": rates,
+            "cpu_ms_per_image": float(np.median(cpu_ms)),
+        }
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=20, help="batches a run")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each pipeline")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument(
+        "--compare-timm", action="store_true", help="also time timm's transform, one core"
+    )
     args = parser.parse_args()
     recipe = training.get_recipe("imagenet")
     rates = {}
@@ -159,6 +244,8 @@ def main() -> None:
         "randaugment_only_images_per_s": randaugment_comparison(64, 6, args.repeats),
         "stages_from_decoded_images": stage_costs(args.batch_size, args.batches, args.repeats),
     }
+    if args.compare_timm:
+        report["timm_one_core_images_per_s"] = timm_reference(recipe, 32, 4, args.repeats)
     print(json.dumps(report, indent=2))
     write_json(report, args.json)
 
