@@ -3,7 +3,10 @@
 * RandomResizedCrop and horizontal flip: TensorFlow's stateless image ops, per example
   (`tf.image.stateless_sample_distorted_bounding_box` is the Inception crop that timm's
   RandomResizedCrop follows; Keras 3 has no RandomResizedCrop). Stateless ops with per-example
-  seeds keep a seeded stream identical under parallel `map`.
+  seeds keep a seeded stream identical under parallel `map`. The crop's antialiased resize
+  gives TensorFlow's values (PIL's filters, in float32); for crops that shrink, it runs as two
+  passes compiled by XLA (`_compiled_resize`), which took the whole pipeline from 533–608 to
+  621–650 images/s on 2 cores from JPEGs (benchmarks/README.md).
 * RandAugment: `keras_convmixer.randaugment`, per example: timm's policy for ImageNet (the
   paper's `rand-m9-mstd0.5-inc1`: 15 ops) and torchvision's for CIFAR-10, each op matching
   PIL's output on the same image to one grey level. keras-cv's RandAugment, used before, is
@@ -184,12 +187,58 @@ def resize(image, height, width, bicubic=True) -> tf.Tensor:
     return tf.reshape(resized, (height, width, 3))
 
 
+# Shrinking crops up to this many pixels a side (nearly all of ImageNet's) are resized by
+# `_compiled_resize`, padded to a multiple of `COMPILED_MULTIPLE` on each side: XLA compiles
+# each padded shape once, so at most 8 × 8 + 8 programs. Larger crops take TensorFlow's kernel.
+COMPILED_LIMIT, COMPILED_MULTIPLE = 512, 64
+
+
+@functools.partial(tf.function, jit_compile=True)
+def _antialiased_pass(image, in_size, out_size: int, bicubic, columns: bool):
+    """`image` resampled along its rows (`columns`: its columns) to `out_size`, with PIL's
+    filter widened by the scale when shrinking, as TensorFlow's antialiased resize, in
+    float32. Along that axis only the first `in_size` pixels hold the picture, the rest are
+    padding. Each output row is a weighted sum of whole input rows: one loop over gathered rows,
+    which XLA compiles once for each shape of `image`."""
+    if columns:
+        image = tf.transpose(image, (1, 0, 2))
+    padded = tf.shape(image)[0]
+    # Taps an output reads: enough for the widest filter this padded size can need. Derived
+    # from the shape only, so that XLA knows it when compiling.
+    taps = 2 * tf.maximum(_ceil_div(2 * padded, out_size), 2) + 1
+    scale = tf.cast(in_size, tf.float32) / out_size
+    stretch = tf.maximum(scale, 1.0)
+    support = tf.where(bicubic, SUPPORT["bicubic"], SUPPORT["bilinear"]) * stretch
+    centres = (tf.range(out_size, dtype=tf.float32) + 0.5) * scale
+    first = tf.maximum(tf.cast(centres - support + 0.5, tf.int32), 0)
+    stop = tf.minimum(tf.cast(centres + support + 0.5, tf.int32), in_size)
+    rows = first[:, None] + tf.range(taps)
+    distance = (tf.cast(rows, tf.float32) - centres[:, None] + 0.5) / stretch
+    weights = tf.where(rows < stop[:, None], _filter_weights(distance, bicubic), 0.0)
+    weights /= tf.reduce_sum(weights, axis=1, keepdims=True)
+    windows = tf.gather(tf.cast(image, tf.float32), tf.minimum(rows, padded - 1))
+    resampled = tf.reduce_sum(weights[:, :, None, None] * windows, axis=1)
+    return tf.transpose(resampled, (1, 0, 2)) if columns else resampled
+
+
+def _compiled_resize(crop, size: int, bicubic):
+    """`crop` (uint8, at most `COMPILED_LIMIT` a side) antialiased to `size`², as
+    `tf.image.resize(..., antialias=True)` to 0.01 of a level, in two compiled passes."""
+    shape = tf.shape(crop)[:2]
+    padded = _round_up(shape, COMPILED_MULTIPLE)
+    image = tf.pad(crop, [[0, padded[0] - shape[0]], [0, padded[1] - shape[1]], [0, 0]])
+    rows = _antialiased_pass(image, shape[0], size, bicubic, False)
+    return _antialiased_pass(rows, shape[1], size, bicubic, True)
+
+
 def random_resized_crop(image, seed, size: int, scale, ratio):
     """A random crop of `scale` area and `ratio` aspect (log-uniform), resized to `size`² with
     bilinear or bicubic interpolation drawn at random (timm's "random" interpolation).
     `image`: uint8, or an encoded image (a string), of which only the crop is decoded.
-    The resize is TensorFlow's antialiased one: `resize` (PIL's, for evaluation) made the
-    whole ImageNet pipeline about 10% slower, and augmentation needs no pixel parity."""
+    The resize gives TensorFlow's antialiased values (PIL's filters in float32, not PIL's
+    8-bit rounding: augmentation needs no pixel parity, and `resize`, PIL's for evaluation,
+    made the pipeline about 10% slower). Crops that shrink on some axis take
+    `_compiled_resize` up to `COMPILED_LIMIT` a side, TensorFlow's kernel above."""
     crop_seed, method_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
 
     def window_of(shape):
@@ -234,7 +283,15 @@ def random_resized_crop(image, seed, size: int, scale, ratio):
     image = tf.cond(
         tf.reduce_all(shape == size),
         lambda: tf.cast(crop, tf.float32),
-        lambda: tf.cond(tf.reduce_all(shape <= size), by_method(False), by_method(True)),
+        lambda: tf.cond(
+            tf.reduce_all(shape <= size),
+            by_method(False),
+            lambda: tf.cond(
+                tf.reduce_all(shape <= COMPILED_LIMIT),
+                lambda: _compiled_resize(crop, size, bicubic),
+                by_method(True),
+            ),
+        ),
     )
     # Said statically (the cond's branches differ), so that RandAugment's constants fold.
     return tf.ensure_shape(image, (size, size, 3))
