@@ -107,6 +107,20 @@ def _round_up(value, multiple: int):
     return _ceil_div(value, multiple) * multiple
 
 
+def _filter_span(in_size, scale, outputs, bicubic):
+    """PIL's `precompute_coeffs` bounds for the output pixels `outputs` (indices, broadcast
+    against `scale`, input over output size): the filter's stretch (the scale when shrinking,
+    else 1), its centres on the input, and the first and past-the-last input pixels below
+    `in_size` that it covers. In `scale`'s dtype."""
+    stretch = tf.maximum(scale, 1.0)
+    support = tf.where(bicubic, SUPPORT["bicubic"], SUPPORT["bilinear"])
+    support = tf.cast(support, scale.dtype) * stretch
+    centres = (tf.cast(outputs, scale.dtype) + 0.5) * scale
+    first = tf.maximum(tf.cast(centres - support + 0.5, tf.int32), 0)
+    stop = tf.minimum(tf.cast(centres + support + 0.5, tf.int32), in_size)
+    return stretch, centres, first, stop
+
+
 def _resampling_windows(in_sizes, out_sizes, extents, bicubic):
     """PIL's weights (`precompute_coeffs`) for both axes at once, `BLOCK` outputs at a time:
     the input rows of each block's window `(2, blocks, length)`, below `extents`, and the
@@ -114,13 +128,10 @@ def _resampling_windows(in_sizes, out_sizes, extents, bicubic):
     cut at the image's edges and renormalised, in float64, then made PIL's fixed-point
     integers (over 2**22, which float32 holds)."""
     scale = tf.cast(in_sizes, tf.float64) / tf.cast(out_sizes, tf.float64)
-    stretch = tf.maximum(scale, 1.0)[:, None]
-    support = tf.cast(tf.where(bicubic, SUPPORT["bicubic"], SUPPORT["bilinear"]), tf.float64)
-    support *= stretch
     blocks = _ceil_div(tf.reduce_max(out_sizes), BLOCK)
-    centres = (tf.range(blocks * BLOCK, dtype=tf.float64)[None, :] + 0.5) * scale[:, None]
-    first = tf.maximum(tf.cast(centres - support + 0.5, tf.int32), 0)
-    stop = tf.minimum(tf.cast(centres + support + 0.5, tf.int32), in_sizes[:, None])
+    stretch, centres, first, stop = _filter_span(
+        in_sizes[:, None], scale[:, None], tf.range(blocks * BLOCK)[None, :], bicubic
+    )
     starts = first[:, ::BLOCK]
     ends = tf.reduce_max(tf.reshape(stop, (2, blocks, BLOCK)), axis=2)
     length = _round_up(tf.reduce_max(ends - starts), WINDOW_MULTIPLE)
@@ -207,11 +218,7 @@ def _antialiased_pass(image, in_size, out_size: int, bicubic, columns: bool):
     # from the shape only, so that XLA knows it when compiling.
     taps = 2 * tf.maximum(_ceil_div(2 * padded, out_size), 2) + 1
     scale = tf.cast(in_size, tf.float32) / out_size
-    stretch = tf.maximum(scale, 1.0)
-    support = tf.where(bicubic, SUPPORT["bicubic"], SUPPORT["bilinear"]) * stretch
-    centres = (tf.range(out_size, dtype=tf.float32) + 0.5) * scale
-    first = tf.maximum(tf.cast(centres - support + 0.5, tf.int32), 0)
-    stop = tf.minimum(tf.cast(centres + support + 0.5, tf.int32), in_size)
+    stretch, centres, first, stop = _filter_span(in_size, scale, tf.range(out_size), bicubic)
     rows = first[:, None] + tf.range(taps)
     distance = (tf.cast(rows, tf.float32) - centres[:, None] + 0.5) / stretch
     weights = tf.where(rows < stop[:, None], _filter_weights(distance, bicubic), 0.0)
