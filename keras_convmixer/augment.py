@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_convmixer.randaugment import rand_augment, whole_levels
-from keras_convmixer.training import Recipe
+from keras_convmixer.training import ERASING_AREA, ERASING_ATTEMPTS, ERASING_RATIO, Recipe
 
 
 def decode_rgb(contents) -> tf.Tensor:
@@ -347,13 +347,14 @@ def part_seed(seed: int | None, part: str) -> int | None:
     return int(derived) % 2**31 or 1
 
 
-def random_erasing(images, probability: float, seed, area=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3)):
+def random_erasing(images, probability: float, seed):
     """timm's RandomErasing in "pixel" mode on a batch of normalised channels-last images: with
-    `probability`, one box of `area` (fraction of the image, uniform) and `ratio` (height / width,
-    log-uniform) is filled with per-pixel N(0, 1) noise. Of 10 drawn boxes the first that fits
-    inside the image is used; if none fits, the image is kept. `seed`: a stateless seed (two
-    integers); the same seed erases the same way."""
-    attempts = 10
+    `probability`, one box of `ERASING_AREA` (fraction of the image, uniform) and
+    `ERASING_RATIO` (height / width, log-uniform) is filled with per-pixel N(0, 1) noise. Of
+    `ERASING_ATTEMPTS` drawn boxes the first that fits inside the image is used; if none fits,
+    the image is kept. `seed`: a stateless seed (two integers); the same seed erases the same
+    way. `training.InputStage` erases alike in the model."""
+    attempts, area, ratio = ERASING_ATTEMPTS, ERASING_AREA, ERASING_RATIO
     batch = tf.shape(images)[0]
     height, width = tf.shape(images)[1], tf.shape(images)[2]
     total = tf.cast(height * width, tf.float32)
@@ -419,7 +420,8 @@ def mix(images, labels, seed, mixup_alpha: float, cutmix_alpha: float, switch_pr
     above 0, CutMix is chosen with probability `switch_prob`, else MixUp. CutMix pastes the
     same box of the reversed batch into every image: sides √(1-λ) of the image's, around a
     uniform centre, clipped to the image; λ becomes the share of the image outside the box.
-    `seed`: a stateless seed (two integers)."""
+    `seed`: a stateless seed (two integers). uint8 images are blended in float32 and rounded
+    back to uint8, as timm's collate for its on-device normalisation does."""
     switch_seed, weight_seed, box_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     if mixup_alpha > 0 and cutmix_alpha > 0:
         use_cutmix = tf.random.stateless_uniform([], switch_seed) < switch_prob
@@ -448,30 +450,37 @@ def mix(images, labels, seed, mixup_alpha: float, cutmix_alpha: float, switch_pr
 @functools.partial(tf.function, jit_compile=True)
 def _mixed_images(images, use_cutmix, weight, box):
     """Each image with the batch reversed: `box` (top, bottom, left, right) of it pasted in
-    (`use_cutmix`), or blended, `weight` of the image's own. One fused XLA loop: TensorFlow's
-    own kernels took 0.23 against 0.06 ms of a core per 224² image, making a pass for each op."""
+    (`use_cutmix`), or blended, `weight` of the image's own; uint8 images rounded back to
+    uint8. One fused XLA loop: TensorFlow's own kernels took 0.23 against 0.06 ms of a core per
+    224² image, making a pass for each op."""
+    dtype = images.dtype
+    images = tf.cast(images, tf.float32)
     reversed_images = tf.reverse(images, [0])
     rows = tf.range(tf.shape(images)[1])[:, None]
     cols = tf.range(tf.shape(images)[2])[None, :]
     inside = (rows >= box[0]) & (rows < box[1]) & (cols >= box[2]) & (cols < box[3])
     pasted = tf.where(inside[:, :, None], reversed_images, images)
     blended = reversed_images + weight * (images - reversed_images)
-    return tf.where(use_cutmix, pasted, blended)
+    mixed = tf.where(use_cutmix, pasted, blended)
+    return tf.cast(tf.round(mixed), dtype) if dtype == tf.uint8 else mixed
 
 
-def batch_transform(recipe: Recipe):
-    """The batch-level part of a recipe: `(images in [0, 255], one-hot labels, seed) ->
+def batch_transform(recipe: Recipe, uint8_images: bool = False):
+    """The batch-level part of a recipe: `(uint8 images, one-hot labels, seed) ->
     (normalised images, soft labels)`: normalisation, RandomErasing, label smoothing, then
-    MixUp or CutMix. `seed` (two integers, one pair per batch) keys every draw: all of them
-    are stateless, so a seeded stream repeats under parallel `map`. (A seeded stateful op
-    such as `tf.random.uniform(seed=s)` would not do: inside `tf.data` it restarts with every
-    new iterator, so every epoch would erase and mix exactly as the first.)"""
+    MixUp or CutMix. With `uint8_images`, timm's train.py split: the images stay uint8, mixed
+    and rounded, and `training.InputStage` normalises and erases them in the model. `seed` (two
+    integers, one pair per batch) keys every draw: all of them are stateless, so a seeded stream
+    repeats under parallel `map`. (A seeded stateful op such as `tf.random.uniform(seed=s)`
+    would not do: inside `tf.data` it restarts with every new iterator, so every epoch would
+    erase and mix exactly as the first.)"""
 
     def transform(images, labels, seed):
         erasing_seed, mixing_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        images = normalize(images, recipe.mean, recipe.std)
-        if recipe.erasing_prob > 0:
-            images = random_erasing(images, recipe.erasing_prob, erasing_seed)
+        if not uint8_images:
+            images = normalize(images, recipe.mean, recipe.std)
+            if recipe.erasing_prob > 0:
+                images = random_erasing(images, recipe.erasing_prob, erasing_seed)
         labels = smooth_labels(tf.cast(labels, tf.float32), recipe.label_smoothing)
         if recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0:
             images, labels = mix(

@@ -25,7 +25,7 @@ from keras_convmixer.augment import (
     part_seed,
     resize,
 )
-from keras_convmixer.checks import check_non_negative_int, check_positive_int
+from keras_convmixer.checks import check_bool, check_non_negative_int, check_positive_int
 from keras_convmixer.training import Recipe, get_recipe
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -208,6 +208,7 @@ def train_pipeline(
     cache: bool = False,
     batches: int | None = None,
     initial_epoch: int = 0,
+    uint8_images: bool = False,
     **overrides,
 ) -> tf.data.Dataset:
     """Shuffled, augmented, batched training data: (normalised float32 images, soft labels).
@@ -233,6 +234,9 @@ def train_pipeline(
             dataset is then that epoch's (shuffle and draws), so a run resumed by
             `BackupAndRestore` sees the batches the uninterrupted run saw. Each pass over the
             dataset is one epoch; not for a `.repeat()`ed pipeline. Defaults to 0.
+        uint8_images: bool. timm's train.py split: the images stay uint8 in [0, 255] (mixed
+            and rounded), a quarter of the bytes, and the model normalises and erases them
+            on its device: `training.with_input_stage(model, recipe)`. Defaults to False.
     """
     check_positive_int("num_classes", num_classes)
     if batch_size is not None:
@@ -242,6 +246,7 @@ def train_pipeline(
     if batches is not None:
         check_positive_int("batches", batches)
     check_non_negative_int("initial_epoch", initial_epoch)
+    check_bool("uint8_images", uint8_images)
     recipe = get_recipe(recipe, **overrides)
     batch_size = batch_size or recipe.batch_size
     examples = int(dataset.cardinality())  # negative: infinite or unknown
@@ -271,7 +276,7 @@ def train_pipeline(
     dataset = tf.data.Dataset.zip((dataset.batch(batch_size, drop_remainder=True), batch_seeds))
     if batches is not None:
         dataset = dataset.take(batches)
-    transform_batch = batch_transform(recipe)
+    transform_batch = batch_transform(recipe, uint8_images)
     dataset = dataset.map(
         lambda batch, seed_pair: transform_batch(*batch, seed_pair),
         num_parallel_calls=AUTOTUNE,
@@ -303,6 +308,7 @@ def eval_pipeline(
     cache: bool = False,
     pad_to: int = 1,
     batches: int | None = None,
+    uint8_images: bool = False,
     **overrides,
 ) -> tf.data.Dataset:
     """Evaluation batches as timm's evaluation transform makes them: the shorter side resized
@@ -320,10 +326,14 @@ def eval_pipeline(
     `batches`: add whole batches of such padding until there are this many. When each process
     feeds its own part of the data, every process must run as many evaluation steps
     (`distribute.Setup.eval_batches` gives the count). Needs `pad_to=batch_size`.
+
+    `uint8_images`: the images before normalisation, uint8, for a model that normalises them
+    itself (`training.with_input_stage`).
     """
     check_positive_int("num_classes", num_classes)
     check_positive_int("batch_size", batch_size)
     check_positive_int("pad_to", pad_to)
+    check_bool("uint8_images", uint8_images)
     if batches is not None:
         check_positive_int("batches", batches)
         if pad_to != batch_size:
@@ -347,6 +357,8 @@ def eval_pipeline(
         top, left = tf.unstack(tf.cast(tf.round((new_shape - size) / 2), tf.int32))
         image = image[top : top + size, left : left + size]
         image.set_shape((size, size, 3))
+        if uint8_images:
+            return tf.cast(image, tf.uint8), tf.one_hot(label, num_classes)
         return normalize(image, recipe.mean, recipe.std), tf.one_hot(label, num_classes)
 
     if cache:

@@ -65,6 +65,12 @@ class Recipe:
 
 BACKUP = "backup"  # BackupAndRestore's folder under `make_callbacks`' output_dir
 
+# timm's RandomErasing: the box's share of the image (uniform), its height / width
+# (log-uniform), and how many boxes are drawn for one that fits.
+ERASING_AREA = (0.02, 1 / 3)
+ERASING_RATIO = (0.3, 1 / 0.3)
+ERASING_ATTEMPTS = 10
+
 IMAGENET_MEAN, IMAGENET_STD = imagenet.MEAN, imagenet.STD
 
 RECIPES: dict[str, Recipe] = {
@@ -360,11 +366,101 @@ def set_mixed_precision(enabled: bool = True) -> None:
     keras.config.set_dtype_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class InputStage(keras.layers.Layer):
+    """What timm's train.py does on the accelerator: images in [0, 255] (uint8, from
+    `data.train_pipeline(..., uint8_images=True)`) normalised, `(x / 255 - mean) / std` per
+    channel, then, in training only, RandomErasing as `augment.random_erasing` does it: with
+    `erasing_prob`, one box per image filled with per-pixel N(0, 1) noise. Channels-last
+    images of a static height and width; float32 out. `seed`: int or None."""
+
+    def __init__(self, mean, std, erasing_prob: float = 0.0, seed: int | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
+        self.erasing_prob = float(erasing_prob)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        mean, std = (ops.convert_to_tensor(v, self.compute_dtype) for v in (self.mean, self.std))
+        images = (ops.cast(images, self.compute_dtype) / 255.0 - mean) / std
+        if training and self.erasing_prob > 0:
+            images = self._erase(images)
+        return images
+
+    def _erase(self, images):
+        batch, height, width = ops.shape(images)[0], images.shape[1], images.shape[2]
+
+        def uniform(shape, low=0.0, high=1.0):
+            return keras.random.uniform(shape, low, high, seed=self.seed_generator)
+
+        attempts = (batch, ERASING_ATTEMPTS)
+        area = uniform(attempts, *ERASING_AREA) * (height * width)
+        aspect = ops.exp(uniform(attempts, *map(math.log, ERASING_RATIO)))
+        box_h, box_w = ops.round(ops.sqrt(area * aspect)), ops.round(ops.sqrt(area / aspect))
+        fits = (box_h < height) & (box_w < width)
+        first = ops.argmax(ops.cast(fits, "int32"), axis=1)[:, None]
+        box_h = ops.take_along_axis(box_h, first, axis=1)  # (batch, 1)
+        box_w = ops.take_along_axis(box_w, first, axis=1)
+        erase = (uniform((batch, 1)) < self.erasing_prob) & ops.any(fits, axis=1, keepdims=True)
+        top = ops.floor(uniform((batch, 1)) * (height - box_h + 1))
+        left = ops.floor(uniform((batch, 1)) * (width - box_w + 1))
+        rows = ops.arange(height, dtype=box_h.dtype)[None, :]
+        cols = ops.arange(width, dtype=box_w.dtype)[None, :]
+        in_rows = erase & (rows >= top) & (rows < top + box_h)  # (batch, height)
+        in_cols = (cols >= left) & (cols < left + box_w)  # (batch, width)
+        inside = in_rows[:, :, None, None] & in_cols[:, None, :, None]
+        noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
+        return ops.where(inside, ops.cast(noise, images.dtype), images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(mean=self.mean, std=self.std, erasing_prob=self.erasing_prob, seed=self.seed)
+        return config
+
+
+def with_input_stage(model: keras.Model, recipe: str | Recipe, **overrides) -> keras.Model:
+    """`model` (of normalised channels-last RGB images) behind an `InputStage` for `recipe`:
+    a model of uint8 images, for `data.train_pipeline(..., uint8_images=True)` and
+    `data.eval_pipeline(..., uint8_images=True)`. The two share their weights;
+    `make_callbacks`' weight files and `without_input_stage` give `model`'s."""
+    recipe = get_recipe(recipe, **overrides)
+    shape = tuple(model.input_shape[1:])
+    if len(shape) != 3 or shape[-1] != 3 or None in shape[:2]:
+        raise ValueError(
+            "with_input_stage needs a model of channels-last RGB images of a fixed size, "
+            f"(height, width, 3). Received: a model of input shape {model.input_shape}"
+        )
+    stage = InputStage(recipe.mean, recipe.std, recipe.erasing_prob, name="input_stage")
+    return keras.Sequential([keras.Input(shape, dtype="uint8"), stage, model], name=model.name)
+
+
+def without_input_stage(model: keras.Model) -> keras.Model:
+    """The model behind `model`'s `InputStage` (`with_input_stage`); `model` if it has none."""
+    layers = model.layers if isinstance(model, keras.Sequential) else []
+    return layers[-1] if len(layers) == 2 and isinstance(layers[0], InputStage) else model
+
+
+class _WeightsCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint` of the weights of the model behind an `InputStage`, if there is one:
+    its files load into that model. (The model fit trains stays the callback's own: under JAX,
+    reading it brings its variables up to date.)"""
+
+    @property
+    def model(self):
+        return without_input_stage(super().model)
+
+
 def make_callbacks(
     output_dir: str, tensorboard: bool = False, best_of: str | None = None
 ) -> list[keras.callbacks.Callback]:
     """Callbacks that write under `output_dir`: the last epoch's weights
-    (`checkpoint.weights.h5`), a backup that a rerun resumes from, a CSV log (`log.csv`), and
+    (`checkpoint.weights.h5`; of a model behind an `InputStage`, those of the model behind it),
+    a backup that a rerun resumes from, a CSV log (`log.csv`), and
     TensorBoard logs if `tensorboard`. With `best_of`, a metric of the logs such as
     `"val_accuracy"`, also the weights of the epoch where it was best (`best.weights.h5`): the
     lowest for a name ending in "loss", else the highest. A resumed run compares against the
@@ -378,7 +474,7 @@ def make_callbacks(
     os.makedirs(output_dir, exist_ok=True)
     log = os.path.join(output_dir, "log.csv")
     callbacks = [
-        keras.callbacks.ModelCheckpoint(
+        _WeightsCheckpoint(
             os.path.join(output_dir, "checkpoint.weights.h5"), save_weights_only=True
         ),
         keras.callbacks.BackupAndRestore(os.path.join(output_dir, BACKUP)),
@@ -387,7 +483,7 @@ def make_callbacks(
     if best_of:
         mode = "min" if best_of.endswith("loss") else "max"
         callbacks.append(
-            keras.callbacks.ModelCheckpoint(
+            _WeightsCheckpoint(
                 os.path.join(output_dir, "best.weights.h5"),
                 monitor=best_of,
                 mode=mode,

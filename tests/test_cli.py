@@ -429,6 +429,7 @@ def test_train_on_an_image_folder_then_evaluate(tmp_path):
             Image.fromarray(image).save(folder / f"{i}.png")
     recipe = ["--recipe", "cifar10", "--epochs", "6", "--batch-size", "64", "--lr", "0.01"]
     recipe += ["--no-flip", "--randaugment-magnitude", "6", "--no-mixed-precision"]
+    recipe += ["--uint8-images"]  # normalised in the model; model.keras is the model behind
     out = tmp_path / "run"
     data = ["--data-dir", str(tmp_path / "digits")]
     result = cli(
@@ -464,6 +465,7 @@ def test_train_on_an_image_folder_then_evaluate(tmp_path):
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     rows = list(json.loads(predicted.stdout).values())
     assert sum(row[0]["label"] == f"digit_{y}" for row, y in zip(rows, y_val, strict=False)) >= 10
+    keras.saving.load_model(out / "model.keras").load_weights(out / "best.weights.h5")
     model = keras.saving.load_model(out / "model.keras")
     cifar = training.get_recipe("cifar10")
     probs = model.predict((x_val[:12] / 255.0 - np.array(cifar.mean)) / np.array(cifar.std))

@@ -187,6 +187,45 @@ def test_random_erasing_boxes_and_noise_follow_timm():
     )
 
 
+def test_uint8_images_are_the_pipelines_images_before_normalisation(cifar):
+    """timm's train.py split: the same crops and mixing, rounded to uint8, without
+    normalisation or erasing, which the model's InputStage does."""
+    dataset, classes = cifar
+    recipe = training.get_recipe("imagenet", image_size=32)
+    pipelines = [
+        data.train_pipeline(dataset, classes, recipe, batch_size=32, seed=5, **options)
+        for options in ({"erasing_prob": 0.0}, {"uint8_images": True})
+    ]
+    (normalised, labels), (whole, uint8_labels) = map(first_batch, pipelines)
+    assert whole.dtype == np.uint8
+    np.testing.assert_array_equal(uint8_labels, labels)
+    assert (labels.max(axis=1) < 0.9).any()  # mixed: MixUp or CutMix took part
+    levels = (normalised * np.array(recipe.std) + np.array(recipe.mean)) * 255
+    assert np.abs(levels - whole).max() <= 0.5 + 1e-3  # nothing erased
+    images, _ = first_batch(data.eval_pipeline(dataset, classes, recipe, batch_size=8))
+    eight, _ = first_batch(data.eval_pipeline(dataset, classes, recipe, 8, uint8_images=True))
+    assert eight.dtype == np.uint8
+    levels = (images * np.array(recipe.std) + np.array(recipe.mean)) * 255
+    np.testing.assert_allclose(levels, eight, atol=1e-3)
+    with pytest.raises(ValueError, match="uint8_images must be True or False. Received"):
+        data.train_pipeline(dataset, classes, recipe, uint8_images=1)
+
+
+def test_mixing_uint8_images_rounds_the_blend():
+    images = tf.random.stateless_uniform((6, 9, 7, 3), (4, 2), maxval=256, dtype=tf.int32)
+    images = tf.cast(images, tf.uint8)
+    labels = tf.one_hot(tf.range(6), 6)
+    kinds = set()
+    for seed in range(12):
+        pair = tf.constant([seed, 1], tf.int64)
+        whole, soft = augment.mix(images, labels, pair, 0.5, 0.5, 0.5)
+        mixed, _ = augment.mix(tf.cast(images, tf.float32), labels, pair, 0.5, 0.5, 0.5)
+        assert whole.dtype == tf.uint8
+        np.testing.assert_array_equal(whole.numpy(), np.round(mixed.numpy()))
+        kinds.add(bool((mixed.numpy() % 1 != 0).any()))  # MixUp leaves fractions to round
+    assert kinds == {True, False}
+
+
 def test_mixing_follows_timms_batch_mode():
     """One λ per batch, image i mixed with image n-1-i: MixUp blends whole images, CutMix
     pastes one box (the same in every image) and λ is the share outside it; Beta(α, α) weights

@@ -247,6 +247,57 @@ def test_the_best_epochs_weights_are_kept_beside_the_last(tmp_path, interrupted)
             np.testing.assert_array_equal(saved, kept, err_msg=name)
 
 
+def test_the_input_stage_normalises_and_in_training_erases_as_timm():
+    mean, std = training.IMAGENET_MEAN, training.IMAGENET_STD
+    stage = training.InputStage(mean, std, erasing_prob=0.25, seed=3)
+    images = np.full((2000, 40, 30, 3), 128, np.uint8)
+    constant = (128 / 255 - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(
+        to_numpy(stage(images)), np.broadcast_to(constant, images.shape), atol=1e-6
+    )
+    erased = to_numpy(stage(images, training=True))
+    changed = (np.abs(erased - constant) > 1e-6).any(axis=-1)
+    chosen = np.flatnonzero(changed.any(axis=(1, 2)))
+    assert 0.21 < len(chosen) / 2000 < 0.29
+    rows, cols = changed.any(axis=2).sum(axis=1)[chosen], changed.any(axis=1).sum(axis=1)[chosen]
+    np.testing.assert_array_equal(changed[chosen].sum(axis=(1, 2)), rows * cols)  # one box
+    area, ratio = rows * cols / (40 * 30), rows / cols
+    assert area.min() >= 0.02 - 0.01 and area.max() <= 1 / 3 + 0.02 and area.mean() > 0.12
+    assert ratio.min() < 0.4 and ratio.max() > 2.5 and abs(np.log(ratio).mean()) < 0.15
+    noise = erased[changed]
+    assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1) < 0.01  # per-pixel N(0, 1)
+    again = to_numpy(stage(images, training=True))
+    assert not np.array_equal(again, erased)  # new boxes at every call
+    copy = training.InputStage.from_config(stage.get_config())
+    assert (copy.mean, copy.std, copy.erasing_prob, copy.seed) == (mean, std, 0.25, 3)
+
+
+def test_a_model_behind_its_input_stage_trains_on_uint8_and_checkpoints_its_own_weights(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
+    y = keras.utils.to_categorical(np.arange(32) % 3, 3)
+    model = keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3, input_shape=(8, 8, 3))
+    staged = training.with_input_stage(model, "imagenet")
+    assert training.without_input_stage(staged) is model
+    assert training.without_input_stage(model) is model
+    training.compile_for_recipe(staged, "imagenet", steps_per_epoch=4, epochs=2, batch_size=8)
+    callbacks = training.make_callbacks(str(tmp_path), best_of="loss")
+    staged.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=callbacks)
+    recipe = training.get_recipe("imagenet")
+    normalised = (x / 255 - np.array(recipe.mean)) / np.array(recipe.std)
+    np.testing.assert_allclose(
+        to_numpy(staged.predict(x, verbose=0)),
+        to_numpy(model.predict(normalised, verbose=0)),
+        atol=1e-5,
+    )
+    fresh = keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3, input_shape=(8, 8, 3))
+    fresh.load_weights(tmp_path / "checkpoint.weights.h5")  # the last epoch's: up to date
+    for saved, trained in zip(fresh.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, trained)
+    fresh.load_weights(tmp_path / "best.weights.h5")
+    with pytest.raises(ValueError, match=r"channels-last RGB images of a fixed size, \(height, "):
+        training.with_input_stage(keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3), "imagenet")
+
+
 def test_a_seeded_fit_through_the_pipeline_repeats_exactly():
     """Seed 0 included: a derived seed of 0 would read as no seed and draw differently in
     every run."""
