@@ -5,11 +5,13 @@ ImageNet's files (`data.from_folder(..., decode=False)`) decodes them: only each
 
     KERAS_BACKEND=jax python benchmarks/pipeline.py --json benchmarks/results/pipeline_jax.json
 
-Also times the recipe stage by stage (from decoded images: crop, flip and normalisation, then
-adding RandAugment, RandomErasing, MixUp/CutMix), with the CPU time per image of each, and
-RandAugment alone three ways, to back the choice in `keras_convmixer.augment`:
-this package's per image, keras-cv's layer on a batch, Keras 3's layer per image.
-The source images are scikit-image's photos (CC0) as 500×375 JPEGs (quality 90).
+Each also with `uint8_images=True` (timm's train.py split: the pipeline stops at mixed uint8
+images; the model normalises and erases them on its device). Also times the recipe stage by
+stage (from decoded images: crop, flip and normalisation, then adding RandAugment,
+RandomErasing, MixUp/CutMix), with the CPU time per image of each, and RandAugment alone three
+ways, to back the choice in `keras_convmixer.augment`: this package's per image, keras-cv's
+layer on a batch, Keras 3's layer per image. The source images are scikit-image's photos
+(CC0) as 500×375 JPEGs (quality 90).
 
 With `--compare-timm`, also timm's own transform for the recipe (PIL; the reference that this
 package's pipeline reproduces) on one thread, as each DataLoader worker runs it: its images/s
@@ -230,12 +232,19 @@ def main() -> None:
     # First, while no pipeline's threads are about.
     timm = timm_reference(recipe, 32, 4, args.repeats) if args.compare_timm else None
     rates = {}
-    for decoded in (True, False):
-        source = photos(args.batch_size * (args.batches + 2), decoded)
-        pipeline = data.train_pipeline(source, 1000, recipe, batch_size=args.batch_size)
-        rates[decoded] = images_per_second(
-            pipeline, args.batches, args.batch_size, args.repeats, args.warmup
-        )
+    for uint8_images in (False, True):
+        for decoded in (True, False):
+            source = photos(args.batch_size * (args.batches + 2), decoded)
+            pipeline = data.train_pipeline(
+                source, 1000, recipe, batch_size=args.batch_size, uint8_images=uint8_images
+            )
+            rates[uint8_images, decoded] = images_per_second(
+                pipeline, args.batches, args.batch_size, args.repeats, args.warmup
+            )
+    uint8 = {
+        name: {**rates[True, decoded], "per_core": rates[True, decoded]["median"] / os.cpu_count()}
+        for name, decoded in (("from decoded images", True), ("from JPEGs", False))
+    }
     cores = os.cpu_count()
     report = {
         "date": time.strftime("%Y-%m-%d"),
@@ -246,12 +255,14 @@ def main() -> None:
         "warmup_batches": args.warmup,
         # keras_convmixer sets it to "true" on JAX and PyTorch (see its __init__)
         "tf_cpu_allocator_use_bfc": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
-        "images_per_s": rates[True]["median"],
-        "images_per_s_per_core": rates[True]["median"] / cores,
-        "images_per_s_runs": rates[True]["runs"],
-        "with_jpeg_decode_images_per_s": rates[False]["median"],
-        "with_jpeg_decode_images_per_s_per_core": rates[False]["median"] / cores,
-        "with_jpeg_decode_images_per_s_runs": rates[False]["runs"],
+        "images_per_s": rates[False, True]["median"],
+        "images_per_s_per_core": rates[False, True]["median"] / cores,
+        "images_per_s_runs": rates[False, True]["runs"],
+        "with_jpeg_decode_images_per_s": rates[False, False]["median"],
+        "with_jpeg_decode_images_per_s_per_core": rates[False, False]["median"] / cores,
+        "with_jpeg_decode_images_per_s_runs": rates[False, False]["runs"],
+        # timm's train.py split: uint8 out, normalisation and erasing left to the model
+        "uint8_images_per_s": uint8,
         "randaugment_only_images_per_s": randaugment_comparison(64, 6, args.repeats),
         "stages_from_decoded_images": stage_costs(
             args.batch_size, args.batches, args.repeats, args.warmup

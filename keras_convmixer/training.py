@@ -372,9 +372,18 @@ class InputStage(keras.layers.Layer):
     `data.train_pipeline(..., uint8_images=True)`) normalised, `(x / 255 - mean) / std` per
     channel, then, in training only, RandomErasing as `augment.random_erasing` does it: with
     `erasing_prob`, one box per image filled with per-pixel N(0, 1) noise. Channels-last
-    images of a static height and width; float32 out. `seed`: int or None."""
+    images; float32 out. `seed`: int or None."""
 
     def __init__(self, mean, std, erasing_prob: float = 0.0, seed: int | None = None, **kwargs):
+        if not (_are_numbers(mean, 3) and _are_numbers(std, 3) and min(std) > 0):
+            raise ValueError(
+                "mean and std must be 3 numbers each (R, G, B), std's > 0. "
+                f"Received: mean={mean!r}, std={std!r}"
+            )
+        if not (isinstance(erasing_prob, numbers.Real) and 0 <= erasing_prob <= 1):
+            raise ValueError(
+                f"erasing_prob must be in [0, 1]. Received: erasing_prob={erasing_prob!r}"
+            )
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
@@ -390,22 +399,23 @@ class InputStage(keras.layers.Layer):
         return images
 
     def _erase(self, images):
-        batch, height, width = ops.shape(images)[0], images.shape[1], images.shape[2]
+        batch, height, width = ops.shape(images)[:3]
+        sides = [ops.cast(side, self.compute_dtype) for side in (height, width)]
 
         def uniform(shape, low=0.0, high=1.0):
             return keras.random.uniform(shape, low, high, seed=self.seed_generator)
 
         attempts = (batch, ERASING_ATTEMPTS)
-        area = uniform(attempts, *ERASING_AREA) * (height * width)
+        area = uniform(attempts, *ERASING_AREA) * sides[0] * sides[1]
         aspect = ops.exp(uniform(attempts, *map(math.log, ERASING_RATIO)))
         box_h, box_w = ops.round(ops.sqrt(area * aspect)), ops.round(ops.sqrt(area / aspect))
-        fits = (box_h < height) & (box_w < width)
+        fits = (box_h < sides[0]) & (box_w < sides[1])
         first = ops.argmax(ops.cast(fits, "int32"), axis=1)[:, None]
         box_h = ops.take_along_axis(box_h, first, axis=1)  # (batch, 1)
         box_w = ops.take_along_axis(box_w, first, axis=1)
         erase = (uniform((batch, 1)) < self.erasing_prob) & ops.any(fits, axis=1, keepdims=True)
-        top = ops.floor(uniform((batch, 1)) * (height - box_h + 1))
-        left = ops.floor(uniform((batch, 1)) * (width - box_w + 1))
+        top = ops.floor(uniform((batch, 1)) * (sides[0] - box_h + 1))
+        left = ops.floor(uniform((batch, 1)) * (sides[1] - box_w + 1))
         rows = ops.arange(height, dtype=box_h.dtype)[None, :]
         cols = ops.arange(width, dtype=box_w.dtype)[None, :]
         in_rows = erase & (rows >= top) & (rows < top + box_h)  # (batch, height)
@@ -430,10 +440,10 @@ def with_input_stage(model: keras.Model, recipe: str | Recipe, **overrides) -> k
     `make_callbacks`' weight files and `without_input_stage` give `model`'s."""
     recipe = get_recipe(recipe, **overrides)
     shape = tuple(model.input_shape[1:])
-    if len(shape) != 3 or shape[-1] != 3 or None in shape[:2]:
+    if len(shape) != 3 or shape[-1] != 3:
         raise ValueError(
-            "with_input_stage needs a model of channels-last RGB images of a fixed size, "
-            f"(height, width, 3). Received: a model of input shape {model.input_shape}"
+            "with_input_stage needs a model of channels-last RGB images, (height, width, 3). "
+            f"Received: a model of input shape {model.input_shape}"
         )
     stage = InputStage(recipe.mean, recipe.std, recipe.erasing_prob, name="input_stage")
     return keras.Sequential([keras.Input(shape, dtype="uint8"), stage, model], name=model.name)

@@ -25,7 +25,7 @@ def readme_examples() -> list[str]:
 
 def test_the_readme_examples_run(hub, tmp_path, monkeypatch):
     examples = readme_examples()
-    assert len(examples) == 6, "README examples added or removed: update this test"
+    assert len(examples) == 7, "README examples added or removed: update this test"
     for text in ONE_EPOCH:
         assert text in "".join(examples), f"README no longer says {text!r}: update ONE_EPOCH"
     flagship = functools.partial(keras_convmixer.ConvMixer, 16, 2, 3, 7)  # hub's tiny variant
@@ -53,3 +53,4 @@ def test_the_readme_examples_run(hub, tmp_path, monkeypatch):
     assert sorted(outputs) == ["block_0", "block_1", "stem"]  # torch returns them sorted
     assert namespace["steps"] == 512 // 64
     assert (tmp_path / "runs" / "c10" / "log.csv").exists()
+    assert (tmp_path / "runs" / "staged" / "model.keras").exists()  # the model behind uint8

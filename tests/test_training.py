@@ -268,6 +268,10 @@ def test_the_input_stage_normalises_and_in_training_erases_as_timm():
     assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1) < 0.01  # per-pixel N(0, 1)
     again = to_numpy(stage(images, training=True))
     assert not np.array_equal(again, erased)  # new boxes at every call
+    with pytest.raises(ValueError, match=r"erasing_prob must be in \[0, 1\]. Received: eras"):
+        training.InputStage(mean, std, erasing_prob=1.5)
+    with pytest.raises(ValueError, match=r"mean and std must be 3 numbers each \(R, G, B\)"):
+        training.InputStage(mean, (0.2, 0.0, 0.2))
     copy = training.InputStage.from_config(stage.get_config())
     assert (copy.mean, copy.std, copy.erasing_prob, copy.seed) == (mean, std, 0.25, 3)
 
@@ -275,7 +279,7 @@ def test_the_input_stage_normalises_and_in_training_erases_as_timm():
 def test_a_model_behind_its_input_stage_trains_on_uint8_and_checkpoints_its_own_weights(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
     y = keras.utils.to_categorical(np.arange(32) % 3, 3)
-    model = keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3, input_shape=(8, 8, 3))
+    model = keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3)
     staged = training.with_input_stage(model, "imagenet")
     assert training.without_input_stage(staged) is model
     assert training.without_input_stage(model) is model
@@ -289,13 +293,14 @@ def test_a_model_behind_its_input_stage_trains_on_uint8_and_checkpoints_its_own_
         to_numpy(model.predict(normalised, verbose=0)),
         atol=1e-5,
     )
-    fresh = keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3, input_shape=(8, 8, 3))
+    fresh = keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3)
     fresh.load_weights(tmp_path / "checkpoint.weights.h5")  # the last epoch's: up to date
     for saved, trained in zip(fresh.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(saved, trained)
     fresh.load_weights(tmp_path / "best.weights.h5")
-    with pytest.raises(ValueError, match=r"channels-last RGB images of a fixed size, \(height, "):
-        training.with_input_stage(keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3), "imagenet")
+    channels_first = keras_convmixer.ConvMixer(8, 2, 3, 2, classes=3, data_format="channels_first")
+    with pytest.raises(ValueError, match=r"channels-last RGB images, \(height, width, 3\)\. Rec"):
+        training.with_input_stage(channels_first, "imagenet")
 
 
 def test_a_seeded_fit_through_the_pipeline_repeats_exactly():
