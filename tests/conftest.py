@@ -51,6 +51,23 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
+def assert_erased_as_timm(erased, changed):
+    """Checks a batch erased by timm's RandomErasing at probability 0.25 in pixel mode:
+    `changed` (images, height, width) marks the pixels that changed, `erased` the images."""
+    chosen = np.flatnonzero(changed.any(axis=(1, 2)))
+    assert 0.21 < len(chosen) / len(changed) < 0.29
+    rows, cols = changed.any(axis=2).sum(axis=1)[chosen], changed.any(axis=1).sum(axis=1)[chosen]
+    np.testing.assert_array_equal(changed[chosen].sum(axis=(1, 2)), rows * cols)  # one box
+    area, ratio = rows * cols / changed[0].size, rows / cols
+    assert area.min() >= 0.02 - 0.01 and area.max() <= 1 / 3 + 0.02 and area.mean() > 0.12
+    # Sides are rounded from an aspect in [0.3, 1 / 0.3], log-uniform.
+    assert ((rows - 0.5) / (cols + 0.5)).max() <= 1 / 0.3
+    assert ((rows + 0.5) / (cols - 0.5)).min() >= 0.3
+    assert ratio.min() < 0.4 and ratio.max() > 2.5 and abs(np.log(ratio).mean()) < 0.1
+    noise = erased[changed]
+    assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1) < 0.01  # per-pixel N(0, 1)
+
+
 @pytest.fixture
 def dtype_policy():
     """Sets a global dtype policy for one test and restores float32 afterwards."""
