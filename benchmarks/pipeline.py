@@ -14,8 +14,9 @@ layer on a batch, Keras 3's layer per image. The source images are scikit-image'
 (CC0) as 500×375 JPEGs (quality 90).
 
 With `--compare-timm`, also timm's own transform for the recipe (PIL; the reference that this
-package's pipeline reproduces) on one thread, as each DataLoader worker runs it: its images/s
-are those of one core. timm needs tests/timm_shim.py to import with the CPU torch wheel.
+package's pipeline reproduces) on one thread, as each DataLoader worker runs it, without and
+with train.py's prefetcher (uint8 out, as `uint8_images=True`): its images/s are those of one
+core. timm needs tests/timm_shim.py to import with the CPU torch wheel.
 """
 
 import argparse
@@ -145,13 +146,17 @@ def randaugment_comparison(batch_size: int, batches: int, repeats: int) -> dict:
     }
 
 
-def timm_reference(recipe: training.Recipe, batch_size: int, batches: int, repeats: int) -> dict:
+def timm_reference(
+    recipe: training.Recipe, batch_size: int, batches: int, repeats: int, uint8: bool = False
+) -> dict:
     """timm's training transform for `recipe` (`create_transform`: RandomResizedCrop with
     random interpolation, flip, `rand-m{m}-mstd{std}-inc1`, normalisation, RandomErasing per
     pixel) and its batch `Mixup` (MixUp/CutMix with label smoothing), on one thread: images/s
     of that thread's CPU time (one core's rate) and CPU ms per image, from decoded PIL images
-    and from the same JPEG files. Posterize to 0 bits, which Pillow 13 refuses, gives black as
-    older Pillow did (as `keras_convmixer.randaugment.posterize`)."""
+    and from the same JPEG files. With `uint8`, what train.py's loader does with its
+    prefetcher: the transform stops at uint8 arrays, `FastCollateMixup` mixes them, and the
+    prefetcher normalises and erases on the GPU. Posterize to 0 bits, which Pillow 13 refuses,
+    gives black as older Pillow did (as `keras_convmixer.randaugment.posterize`)."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
     from timm_shim import import_timm
 
@@ -184,14 +189,26 @@ def timm_reference(recipe: training.Recipe, batch_size: int, batches: int, repea
         re_mode="pixel",
         mean=recipe.mean,
         std=recipe.std,
+        use_prefetcher=uint8,
     )
-    mix = timm.data.Mixup(
+    mixing = dict(
         mixup_alpha=recipe.mixup_alpha,
         cutmix_alpha=recipe.cutmix_alpha,
         switch_prob=recipe.mix_switch_prob,
         label_smoothing=recipe.label_smoothing,
         num_classes=1000,
     )
+    if uint8:
+        collate = timm.data.FastCollateMixup(**mixing)
+
+        def mix(images, labels):
+            return collate(list(zip(images, labels.tolist(), strict=True)))
+    else:
+        mixup = timm.data.Mixup(**mixing)
+
+        def mix(images, labels):
+            return mixup(torch.stack(images), labels)
+
     files = photo_files()
     decoded = [Image.open(io.BytesIO(f)).convert("RGB") for f in files]
     sources = {
@@ -205,7 +222,7 @@ def timm_reference(recipe: training.Recipe, batch_size: int, batches: int, repea
             start = time.thread_time()
             for b in range(batches):
                 images = [transform(source(b * batch_size + i)) for i in range(batch_size)]
-                mix(torch.stack(images), torch.arange(batch_size) % 1000)
+                mix(images, torch.arange(batch_size) % 1000)
             seconds = time.thread_time() - start
             rates.append(batches * batch_size / seconds)
             cpu_ms.append(1000 * seconds / (batches * batch_size))
@@ -230,7 +247,10 @@ def main() -> None:
     args = parser.parse_args()
     recipe = training.get_recipe("imagenet")
     # First, while no pipeline's threads are about.
-    timm = timm_reference(recipe, 32, 4, args.repeats) if args.compare_timm else None
+    if args.compare_timm:
+        timm = {
+            uint8: timm_reference(recipe, 32, 4, args.repeats, uint8) for uint8 in (False, True)
+        }
     rates = {}
     for uint8_images in (False, True):
         for decoded in (True, False):
@@ -268,8 +288,9 @@ def main() -> None:
             args.batch_size, args.batches, args.repeats, args.warmup
         ),
     }
-    if timm:
-        report["timm_one_core_images_per_s"] = timm
+    if args.compare_timm:
+        report["timm_one_core_images_per_s"] = timm[False]
+        report["timm_one_core_uint8_images_per_s"] = timm[True]
     print(json.dumps(report, indent=2))
     write_json(report, args.json)
 
