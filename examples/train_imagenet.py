@@ -11,6 +11,8 @@ RandomResizedCrop 224 (0.08-1, 3/4-4/3), flip, timm's RandAugment rand-m9-mstd0.
 MixUp 0.5 / CutMix 0.5, RandomErasing 0.25, mixed precision. Resumable: run the same command again.
 On one GPU, `--batch-size 64 --accumulation-steps 10` updates with the paper's 640 images.
 Short of GPU memory: `--remat` (gradient checkpointing, 20-40% more time a step).
+Short of CPU for the input pipeline: `--uint8-images` (timm's train.py split: the pipeline
+ships uint8 images and the model normalises and erases them on the GPU).
 
 Several machines (JAX): run the same command on each, with the same --seed, and
 JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i (i = 0 … N-1) set.
