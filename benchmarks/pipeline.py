@@ -261,11 +261,11 @@ def main() -> None:
             rates[uint8_images, decoded] = images_per_second(
                 pipeline, args.batches, args.batch_size, args.repeats, args.warmup
             )
-    uint8 = {
-        name: {**rates[True, decoded], "per_core": rates[True, decoded]["median"] / os.cpu_count()}
+    cores = os.cpu_count()
+    split = {
+        name: {**rates[True, decoded], "per_core": rates[True, decoded]["median"] / cores}
         for name, decoded in (("from decoded images", True), ("from JPEGs", False))
     }
-    cores = os.cpu_count()
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
@@ -282,7 +282,7 @@ def main() -> None:
         "with_jpeg_decode_images_per_s_per_core": rates[False, False]["median"] / cores,
         "with_jpeg_decode_images_per_s_runs": rates[False, False]["runs"],
         # timm's train.py split: uint8 out, normalisation and erasing left to the model
-        "uint8_images_per_s": uint8,
+        "uint8_images_per_s": split,
         "randaugment_only_images_per_s": randaugment_comparison(64, 6, args.repeats),
         "stages_from_decoded_images": stage_costs(
             args.batch_size, args.batches, args.repeats, args.warmup

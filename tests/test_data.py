@@ -207,7 +207,7 @@ def test_mixing_uint8_images_rounds_the_blend():
     kinds = set()
     for seed in range(12):
         pair = tf.constant([seed, 1], tf.int64)
-        whole, soft = augment.mix(images, labels, pair, 0.5, 0.5, 0.5)
+        whole, _ = augment.mix(images, labels, pair, 0.5, 0.5, 0.5)
         mixed, _ = augment.mix(tf.cast(images, tf.float32), labels, pair, 0.5, 0.5, 0.5)
         assert whole.dtype == tf.uint8
         np.testing.assert_array_equal(whole.numpy(), np.round(mixed.numpy()))
