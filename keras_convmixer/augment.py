@@ -26,6 +26,10 @@
   for the erased boxes' pixels (on average 4.5% of the pixels at p=0.25) and writes each box
   in place, and follows timm's box sampling (10 attempts, first that fits).
 * Normalisation: one multiply-add (`normalize`).
+* With `uint8_images` (timm's train.py split), normalisation and erasing move into the model:
+  `training.InputStage`, Keras ops on the model's device, timm's box sampling as here. There
+  it draws noise for every pixel of the batch, which costs an accelerator next to nothing
+  (Keras 3's `RandomErasing` would do, but samples its boxes otherwise).
 * Evaluation's resize (`data.eval_pipeline`): `resize` below, PIL's bicubic resize to within a
   level, so that evaluation sees the pixels timm's transform makes.
 
