@@ -26,6 +26,9 @@ from keras_convmixer.kernels import (
     batch_norm_training,
     cast,
     depthwise_conv2d,
+    depthwise_residual,
+    folded_batch_norm,
+    fuses_depthwise_residual,
     global_average_pool,
     patch_conv2d,
     pointwise_conv2d,
@@ -192,7 +195,7 @@ class ConvMixerBlock(_ConvActNorm):
 
     def call(self, inputs, training=None):
         if not (training and self.remat):
-            return self._mix(inputs, lambda norm, x: batch_norm(norm, x, training))
+            return self._mix(inputs, lambda norm, x: batch_norm(norm, x, training), not training)
         # What is computed again must not update the moving statistics a second time (Keras'
         # `RematScope` does, on PyTorch): it returns the batch's, and they are applied here.
         trained = [norm for norm in (self.depthwise_norm, self.pointwise_norm) if norm.trainable]
@@ -216,18 +219,18 @@ class ConvMixerBlock(_ConvActNorm):
         out = self._mix(inputs, normalize)
         return (out, *statistics)
 
-    def _mix(self, inputs, normalize):
-        """The block's equations, with `normalize(norm, x)` for each BatchNorm."""
-        mixed = depthwise_conv2d(
-            inputs,
-            self.depthwise.kernel,
-            self.depthwise.bias,
-            data_format=self.data_format,
-            impl=self.depthwise_impl,
-        )
-        # `mixed` may be float32 under mixed precision (see `depthwise_conv2d`): one rounding.
-        x = normalize(self.depthwise_norm, self.activation(mixed))
-        x = cast(ops.add(x, inputs), inputs.dtype)
+    def _mix(self, inputs, normalize, inference: bool = False):
+        """The block's equations, with `normalize(norm, x)` for each BatchNorm; `inference`:
+        both BatchNorms normalise with their moving statistics."""
+        depthwise = (self.depthwise.kernel, self.depthwise.bias)
+        if inference and fuses_depthwise_residual(self.depthwise_impl, self.data_format):
+            folded = folded_batch_norm(self.depthwise_norm)
+            x = depthwise_residual(inputs, *depthwise, self.activation, *folded)
+        else:
+            mixed = depthwise_conv2d(inputs, *depthwise, self.data_format, self.depthwise_impl)
+            x = ops.add(normalize(self.depthwise_norm, self.activation(mixed)), inputs)
+        # `x` may be float32 under mixed precision (see `depthwise_conv2d`): one rounding.
+        x = cast(x, inputs.dtype)
         mixed = pointwise_conv2d(
             x, self.pointwise.kernel, self.pointwise.bias, self.activation, self.data_format
         )

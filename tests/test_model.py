@@ -427,6 +427,49 @@ def test_shift_depthwise_gradients_match_the_native_convolution(kernel_size, dat
         np.testing.assert_allclose(shift, native, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="the fused inference half is JAX's")
+@pytest.mark.parametrize("channels, kernel_size", [(40, 5), (16, 4)])
+def test_fused_inference_half_gives_the_blocks_numbers_and_gradients(channels, kernel_size):
+    """On JAX a block's first half runs in inference as one loop in 16-channel blocks
+    (`kernels.depthwise_residual`); 40 channels end in a padded block, 16 fill one."""
+    import jax
+
+    from keras_convmixer.kernels import fuses_depthwise_residual
+
+    assert fuses_depthwise_residual("shift", "channels_last")
+    assert not fuses_depthwise_residual("native", "channels_last")
+    assert not fuses_depthwise_residual("shift", "channels_first")
+    rng = np.random.default_rng(5)
+    blocks = {
+        impl: ConvMixerBlock(channels, kernel_size, depthwise_impl=impl, name=impl)
+        for impl in ("shift", "native")
+    }
+    for block in blocks.values():
+        block.build((2, 9, 7, channels))
+    randomize(blocks["shift"])
+    for native, shift in zip(blocks["native"].weights, blocks["shift"].weights, strict=True):
+        native.assign(shift)
+    x = rng.normal(size=(2, 9, 7, channels)).astype("float32")
+    upstream = rng.normal(size=x.shape).astype("float32")
+
+    def outputs(block):
+        """The output, and the gradients of a loss for the input and every trainable weight."""
+        statistics = [v.value for v in block.non_trainable_variables]
+
+        def loss(x, trainable):
+            out, _ = block.stateless_call(trainable, statistics, x, training=False)
+            return (out * upstream).sum()
+
+        trainable = [v.value for v in block.trainable_variables]
+        dx, dweights = jax.grad(loss, argnums=(0, 1))(x, trainable)
+        return [to_numpy(block(x, training=False)), dx, *dweights]
+
+    fused, native = outputs(blocks["shift"]), outputs(blocks["native"])
+    assert np.std(native[0]) > 0.1
+    for got, expected in zip(fused, native, strict=True):
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.skipif(BACKEND == "torch", reason="the shift form is for XLA (JAX, TensorFlow)")
 def test_shift_depthwise_keeps_16_bit_inputs_sums_in_float32():
     """The shifted sums of a bfloat16 input come back unrounded, in float32, for the block to
