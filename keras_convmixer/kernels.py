@@ -345,8 +345,8 @@ def depthwise_residual(x, kernel, bias, activation, scale, shift):
     """`x + activation(depthwise_conv2d(x, kernel, bias)) · scale + shift` (a block's first
     half, its BatchNorm folded into `scale` and `shift`) for a channels-last `x` on JAX, in
     float32 whatever `x`'s precision, computed in one loop of the row-blocked sum
-    (`_shift_add_row_blocked`): ConvMixer-768/32 inference at batch 8 on 2 cores 3.92-3.99
-    → 4.27-4.31 images/s. Its gradient is the unfused form's.
+    (`_shift_add_row_blocked`): ConvMixer-768/32 inference at batch 8 on 2 cores 3.93-4.00
+    → 4.28-4.33 images/s (alternating processes). Its gradient is the unfused form's.
     """
     import jax
 
