@@ -305,17 +305,16 @@ def _shift_add_row_blocked(x, weights, padding: tuple[int, int], epilogue=None, 
 
     k = weights.shape[0]
     batch, height, width, channels = x.shape
-    blocks = -(-channels // CHANNEL_BLOCK)
-    extra = blocks * CHANNEL_BLOCK - channels
 
-    def row_blocked(vector):
-        return jnp.pad(vector, (0, extra)).reshape(blocks, 1, CHANNEL_BLOCK)
+    def blocked(x):
+        """The last axis, C, as (⌈C/16⌉, 1, 16), zero channels padding the last block."""
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -channels % CHANNEL_BLOCK)])
+        return x.reshape(*x.shape[:-1], -1, 1, CHANNEL_BLOCK)
 
     def to_row_blocks(x):
         # Padded after the transpose: with a transpose last, XLA lays the result out as its
         # operand, channels-last.
-        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
-        x = x.reshape(batch, height, width, blocks, CHANNEL_BLOCK).transpose(0, 1, 3, 2, 4)
+        x = blocked(x)[..., 0, :].swapaxes(2, 3)
         return jnp.pad(x, ((0, 0), padding, (0, 0), padding, (0, 0)))
 
     def shift_add(rows, weights, *vectors):
@@ -331,13 +330,11 @@ def _shift_add_row_blocked(x, weights, padding: tuple[int, int], epilogue=None, 
         return epilogue(out, pixels, *vectors)
 
     def to_channels_last(out):
-        out = out.transpose(0, 1, 3, 2, 4).reshape(batch, height, width, blocks * CHANNEL_BLOCK)
+        out = out.swapaxes(2, 3).reshape(batch, height, width, -1)
         return out[..., :channels]
 
-    weights = jnp.pad(weights, ((0, 0), (0, 0), (0, extra)))
-    weights = weights.reshape(k, k, blocks, 1, CHANNEL_BLOCK)
-    vectors = [row_blocked(v) for v in vectors]
-    out = _materialised(shift_add, _materialised(to_row_blocks, x), weights, *vectors)
+    vectors = [blocked(v) for v in (weights, *vectors)]
+    out = _materialised(shift_add, _materialised(to_row_blocks, x), *vectors)
     return to_channels_last(out) if epilogue else _materialised(to_channels_last, out)
 
 
@@ -354,11 +351,11 @@ def depthwise_residual(x, kernel, bias, activation, scale, shift):
     vectors = [ops.cast(v, "float32") for v in (bias, scale, shift)]
     padding = same_padding(weights.shape[0])
 
-    def unfused(x, weights, bias, scale, shift):
-        return activation(_shift_add_jax(x, weights, "channels_last") + bias) * scale + shift + x
-
     def epilogue(out, x, bias, scale, shift):
         return activation(out + bias) * scale + shift + x
+
+    def unfused(x, weights, *vectors):
+        return epilogue(_shift_add_jax(x, weights, "channels_last"), x, *vectors)
 
     @jax.custom_vjp
     def fused(x, weights, *vectors):
