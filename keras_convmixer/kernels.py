@@ -44,6 +44,11 @@ once, after the activation, BatchNorm and residual that follow them (`cast`: on 
 to bfloat16 as integer operations that XLA vectorises); JAX's 16-bit matmuls ask XLA for a
 float32 result, which is what reaches its native bfloat16 kernel.
 
+The exact GELU (`fast_activation`): on JAX on a CPU, x · (1 + erf(x / √2)) / 2 with erf as a
+rational function, which XLA fuses into the loops around it; `jax.nn.gelu` computes erfc, which
+XLA's CPU backend writes out in three loops (ConvMixer-1536/20 inference 1.62-1.65 → 1.79-1.80
+images/s on 2 cores).
+
 Global average pooling (`global_average_pool`): on JAX on a CPU, a product with the averaging
 weights rather than a reduction, which XLA's YNNPACK fusion would merge with the last block.
 
@@ -495,6 +500,67 @@ def _bfloat16_by_bits():
         return round_bits(primals[0]), tangents[0].astype(jnp.bfloat16)
 
     return round_bits
+
+
+# erf(x) ≈ x · P(x²) / Q(x²) on [-4, 4], coefficients lowest power first: a rational fit
+# made for this package (weighted least squares iterated towards the smallest largest relative
+# error against mpmath's erf, in float64): relative error 2.5e-8 as fitted, at most 7 float32
+# ulps as evaluated here in float32 (2e7 points on [-6, 6] against scipy's erf).
+ERF_NUMERATOR = (1.12837911, 0.193542406, 0.0531014018, 0.0038832319, 0.000284563634, 1.98680618e-6)
+ERF_DENOMINATOR = (1.0, 0.504855037, 0.115348905, 0.0152070262, 0.00118554442, 3.74203046e-5)
+
+
+def fast_activation(activation):
+    """`activation` in the form this backend computes fastest: the same function, to float32
+    rounding. On JAX on a CPU, Keras' exact GELU becomes `_gelu_erf`: `jax.nn.gelu` computes
+    it through erfc, which XLA's CPU backend expands into two branches, written out in three
+    loops after each matmul and computed again in each consumer."""
+    if activation is keras.activations.gelu and keras.backend.backend() == "jax" and _xla_on_cpu():
+        return _gelu_erf()
+    return activation
+
+
+def _erf(x):
+    """erf of a float32 tensor as the rational function above (plain multiplies, adds and one
+    divide, which XLA fuses and every exporter reads); exactly ±1 beyond |x| = 4."""
+    import jax.numpy as jnp
+
+    x = jnp.clip(x, -4.0, 4.0)
+    square = x * x
+    numerator, denominator = (
+        functools.reduce(lambda total, c: total * square + c, reversed(coefficients))
+        for coefficients in (ERF_NUMERATOR, ERF_DENOMINATOR)
+    )
+    return jnp.clip(x * numerator / denominator, -1.0, 1.0)
+
+
+@functools.cache
+def _gelu_erf():
+    """The exact GELU, x · Φ(x) with Φ(x) = (1 + erf(x / √2)) / 2, as PyTorch writes it, in
+    float32 whatever the input's precision, with the exact derivative Φ(x) + x · φ(x).
+    `lax.erf` would do, but it lowers to a StableHLO composite that TensorFlow 2.21 cannot
+    read, so a model using it no longer exports as a SavedModel."""
+    import jax
+    import jax.numpy as jnp
+
+    def cdf(x):
+        return 0.5 + 0.5 * _erf(x * math.sqrt(0.5))
+
+    @jax.custom_jvp
+    def gelu(x):
+        wide = x.astype(jnp.float32)
+        return (wide * cdf(wide)).astype(x.dtype)
+
+    @gelu.defjvp
+    def _(primals, tangents):
+        x, tangent = primals[0], tangents[0]
+        wide = x.astype(jnp.float32)
+        probability = cdf(wide)
+        density = jnp.exp(-0.5 * wide * wide) / math.sqrt(2 * math.pi)
+        slope = probability + wide * density
+        return (wide * probability).astype(x.dtype), (slope * tangent).astype(tangent.dtype)
+
+    return gelu
 
 
 def global_average_pool(x, data_format: str = "channels_last", keepdims: bool = False):

@@ -27,6 +27,7 @@ from keras_convmixer.kernels import (
     cast,
     depthwise_conv2d,
     depthwise_residual,
+    fast_activation,
     folded_batch_norm,
     fuses_depthwise_residual,
     global_average_pool,
@@ -129,7 +130,7 @@ class PatchEmbedding(_ConvActNorm):
     def call(self, inputs, training=None):
         conv = self.conv
         patches = patch_conv2d(inputs, conv.kernel, conv.bias, self.patch_size, self.data_format)
-        return batch_norm(self.norm, self.activation(patches), training)
+        return batch_norm(self.norm, fast_activation(self.activation)(patches), training)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -223,16 +224,17 @@ class ConvMixerBlock(_ConvActNorm):
         """The block's equations, with `normalize(norm, x)` for each BatchNorm; `inference`:
         both BatchNorms normalise with their moving statistics."""
         depthwise = (self.depthwise.kernel, self.depthwise.bias)
+        activation = fast_activation(self.activation)
         if inference and fuses_depthwise_residual(self.depthwise_impl, self.data_format):
             folded = folded_batch_norm(self.depthwise_norm)
-            x = depthwise_residual(inputs, *depthwise, self.activation, *folded)
+            x = depthwise_residual(inputs, *depthwise, activation, *folded)
         else:
             mixed = depthwise_conv2d(inputs, *depthwise, self.data_format, self.depthwise_impl)
-            x = ops.add(normalize(self.depthwise_norm, self.activation(mixed)), inputs)
+            x = ops.add(normalize(self.depthwise_norm, activation(mixed)), inputs)
         # `x` may be float32 under mixed precision (see `depthwise_conv2d`): one rounding.
         x = cast(x, inputs.dtype)
         mixed = pointwise_conv2d(
-            x, self.pointwise.kernel, self.pointwise.bias, self.activation, self.data_format
+            x, self.pointwise.kernel, self.pointwise.bias, activation, self.data_format
         )
         return normalize(self.pointwise_norm, mixed)
 

@@ -535,6 +535,32 @@ def test_cast_to_bfloat16_rounds_as_the_backend_does():
         np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs))
 
 
+def test_fast_activation_is_the_exact_gelu_and_its_derivative():
+    """`kernels.fast_activation` of Keras' GELU (on JAX on a CPU, erf as a rational function)
+    against the erf form in float64: within float32 rounding, exactly 0 and x in the tails,
+    16-bit inputs kept 16-bit; on JAX its gradient is the exact derivative."""
+    from scipy.special import erf
+
+    from keras_convmixer.kernels import fast_activation
+
+    gelu = fast_activation(keras.activations.gelu)
+    assert (gelu is not keras.activations.gelu) == (BACKEND == "jax")
+    x = np.concatenate([np.linspace(-12, 12, 100_001), [-1e4, -40, 40, 1e4]]).astype("float32")
+    wide = x.astype("float64")
+    cdf = 0.5 * (1 + erf(wide / np.sqrt(2)))
+    out = to_numpy(gelu(keras.ops.convert_to_tensor(x)))
+    np.testing.assert_allclose(out, wide * cdf, rtol=1e-6, atol=2e-6)  # PyTorch's: 1.3e-6
+    np.testing.assert_array_equal(out[-4:], [0, 0, 40, 1e4])
+    half = gelu(keras.ops.convert_to_tensor(x[:5], "bfloat16"))
+    assert keras.backend.standardize_dtype(half.dtype) == "bfloat16"
+    if BACKEND == "jax":
+        import jax
+
+        slope = jax.grad(lambda v: gelu(v).sum())(x)
+        density = np.exp(-0.5 * wide**2) / np.sqrt(2 * np.pi)
+        np.testing.assert_allclose(to_numpy(slope), cdf + wide * density, rtol=1e-6, atol=1e-6)
+
+
 def _training_batch_norm(norm, x, upstream, ours):
     """(output, d input, d gamma, d beta, moving mean, moving variance) of one training call."""
     from keras_convmixer.kernels import batch_norm
