@@ -304,7 +304,10 @@ def _shift_add_row_blocked(x, weights, padding: tuple[int, int], epilogue=None, 
     with the padding in one pass (2.6 ms, against 1.3 for the padding alone), and read back
     into channels-last by a transpose of its own (1.5 ms; fused into the activation that
     follows, 6). Each pass is `_materialised`, or XLA fuses it into its consumer, which then
-    reads it in its own order.
+    reads it in its own order; with an epilogue, the layout pass is only the sum's operand, so
+    XLA fuses the ops that made `x` (the previous block's last BatchNorm) into it. The layout
+    holds float32 whatever `x`'s precision: from 16-bit rows XLA converted the whole padded
+    input in a pass of its own before the loop.
     """
     import jax.numpy as jnp
 
@@ -319,7 +322,7 @@ def _shift_add_row_blocked(x, weights, padding: tuple[int, int], epilogue=None, 
     def to_row_blocks(x):
         # Padded after the transpose: with a transpose last, XLA lays the result out as its
         # operand, channels-last.
-        x = blocked(x)[..., 0, :].swapaxes(2, 3)
+        x = blocked(x.astype(jnp.float32))[..., 0, :].swapaxes(2, 3)
         return jnp.pad(x, ((0, 0), padding, (0, 0), padding, (0, 0)))
 
     def shift_add(rows, weights, *vectors):
@@ -339,25 +342,30 @@ def _shift_add_row_blocked(x, weights, padding: tuple[int, int], epilogue=None, 
         return out[..., :channels]
 
     vectors = [blocked(v) for v in (weights, *vectors)]
-    out = _materialised(shift_add, _materialised(to_row_blocks, x), *vectors)
-    return to_channels_last(out) if epilogue else _materialised(to_channels_last, out)
+    if epilogue is None:
+        rows = _materialised(to_row_blocks, x)
+        return _materialised(to_channels_last, _materialised(shift_add, rows, *vectors))
+    # The layout pass as the sum's operand: XLA fuses the ops that made `x` into it.
+    return to_channels_last(_materialised(shift_add, to_row_blocks(x), *vectors))
 
 
 def depthwise_residual(x, kernel, bias, activation, scale, shift):
     """`x + activation(depthwise_conv2d(x, kernel, bias)) · scale + shift` (a block's first
-    half, its BatchNorm folded into `scale` and `shift`) for a channels-last `x` on JAX, in
-    float32 whatever `x`'s precision, computed in one loop of the row-blocked sum
-    (`_shift_add_row_blocked`): ConvMixer-768/32 inference at batch 8 on 2 cores 3.93-4.00
-    → 4.28-4.33 images/s (alternating processes). Its gradient is the unfused form's.
+    half, its BatchNorm folded into `scale` and `shift`) for a channels-last `x` on JAX,
+    computed in float32 in one loop of the row-blocked sum (`_shift_add_row_blocked`) and
+    rounded to `x`'s precision there (`cast`): ConvMixer-768/32 inference at batch 8 on 2
+    cores 3.93-4.00 → 4.28-4.33 images/s (alternating processes). Its gradient is the
+    unfused form's.
     """
     import jax
 
     weights = ops.cast(kernel[:, :, :, 0], "float32")
     vectors = [ops.cast(v, "float32") for v in (bias, scale, shift)]
     padding = same_padding(weights.shape[0])
+    dtype = x.dtype
 
     def epilogue(out, x, bias, scale, shift):
-        return activation(out + bias) * scale + shift + x
+        return cast(activation(out + bias) * scale + shift + x, dtype)
 
     def unfused(x, weights, *vectors):
         return epilogue(_shift_add_jax(x, weights, "channels_last"), x, *vectors)

@@ -470,6 +470,26 @@ def test_fused_inference_half_gives_the_blocks_numbers_and_gradients(channels, k
         np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="the fused inference half is JAX's")
+def test_fused_inference_half_rounds_16_bit_inputs_once_as_the_unfused_form():
+    """From bfloat16 inputs the fused loop sums, normalises and adds the residual in float32
+    and rounds once, in the loop: the bits of the unfused form rounded at the end."""
+    from keras_convmixer.kernels import cast, depthwise_conv2d, depthwise_residual
+
+    rng = np.random.default_rng(11)
+    x = keras.ops.cast(rng.normal(size=(2, 9, 7, 40)), "bfloat16")
+    kernel, scale, shift = rng.normal(size=(5, 5, 40, 1)), rng.normal(size=40), rng.normal(size=40)
+    bias = rng.normal(size=40)
+    relu = keras.activations.relu
+    fused = depthwise_residual(x, kernel, bias, relu, scale, shift)
+    summed = depthwise_conv2d(x, kernel, bias, impl="shift")
+    unfused = cast(relu(summed) * scale + shift + keras.ops.cast(x, "float32"), "bfloat16")
+    assert keras.backend.standardize_dtype(fused.dtype) == "bfloat16"
+    bits = [to_numpy(keras.ops.cast(t, "float32")).view(np.uint32) for t in (fused, unfused)]
+    np.testing.assert_array_equal(*bits)
+    assert np.std(to_numpy(keras.ops.cast(fused, "float32"))) > 1
+
+
 @pytest.mark.skipif(BACKEND == "torch", reason="the shift form is for XLA (JAX, TensorFlow)")
 def test_shift_depthwise_keeps_16_bit_inputs_sums_in_float32():
     """The shifted sums of a bfloat16 input come back unrounded, in float32, for the block to
