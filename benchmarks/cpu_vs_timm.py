@@ -4,6 +4,11 @@ The CPU torch wheel pairs with a CUDA torchvision build that needs tests/timm_sh
 this script applies it, then runs the benchmark with the given arguments, e.g.
 
     KERAS_BACKEND=jax python benchmarks/cpu_vs_timm.py --model convmixer_768_32 --batch 8
+
+or, for every backend in turn (each in a process of its own that runs this script again) and
+one table at the end:
+
+    python benchmarks/cpu_vs_timm.py --all-backends --mode both --repeats 4
 """
 
 import os

@@ -15,6 +15,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import tempfile
 import time
 
 import keras
@@ -292,18 +294,61 @@ def machine() -> dict:
     return info
 
 
-def table(results: list[Result], macs: float | None, peak_tflops: float | None) -> str:
-    lines = [
+def _columns(r: Result, macs: float | None, peak_tflops: float | None) -> str:
+    line = (
+        f"{r.name:<22} {r.mode:<10} {r.images_per_s:8.2f} {r.min_images_per_s:8.2f} "
+        f"{r.max_images_per_s:8.2f} {r.first_call_s:8.2f} {r.peak_memory_mb:8.0f}"
+    )
+    if macs and peak_tflops:
+        factor = 1 if r.mode == "inference" else 3  # forward + backward ≈ 3× forward
+        line += f" {2 * macs * factor * r.images_per_s / (peak_tflops * 1e12):6.1%}"
+    return line
+
+
+def _header(mfu: bool) -> str:
+    return (
         f"{'path':<22} {'mode':<10} {'img/s':>8} {'min':>8} {'max':>8} {'first s':>8} "
-        f"{'peak MB':>8}" + (f" {'MFU':>6}" if macs and peak_tflops else "")
-    ]
-    for r in results:
-        line = (
-            f"{r.name:<22} {r.mode:<10} {r.images_per_s:8.2f} {r.min_images_per_s:8.2f} "
-            f"{r.max_images_per_s:8.2f} {r.first_call_s:8.2f} {r.peak_memory_mb:8.0f}"
-        )
-        if macs and peak_tflops:
-            factor = 1 if r.mode == "inference" else 3  # forward + backward ≈ 3× forward
-            line += f" {2 * macs * factor * r.images_per_s / (peak_tflops * 1e12):6.1%}"
-        lines.append(line)
+        f"{'peak MB':>8}" + (f" {'MFU':>6}" if mfu else "")
+    )
+
+
+def table(results: list[Result], macs: float | None, peak_tflops: float | None) -> str:
+    lines = [_header(bool(macs and peak_tflops))]
+    lines += [_columns(r, macs, peak_tflops) for r in results]
+    return "\n".join(lines)
+
+
+def run_per_backend(command: list[str], backends: tuple[str, ...]) -> list[dict]:
+    """Runs the benchmark command line `command` (without `--backend` and `--json`) once per
+    backend, one after the other, each in a process of its own started with `KERAS_BACKEND`
+    set; their JSON reports, in order."""
+    reports = []
+    with tempfile.TemporaryDirectory() as folder:
+        for backend in backends:
+            path = os.path.join(folder, f"{backend}.json")
+            child = [*command, "--backend", backend, "--json", path]
+            done = subprocess.run(child, env={**os.environ, "KERAS_BACKEND": backend})
+            if done.returncode != 0:
+                raise ChildProcessError(
+                    f"the benchmark on {backend} exited with status {done.returncode}"
+                )
+            with open(path) as f:
+                reports.append(json.load(f))
+    return reports
+
+
+def combined_table(reports: list[dict]) -> str:
+    """One table of per-backend reports, each row with its backend; each Keras path also as a
+    multiple of timm's speed in the same process and mode, where timm ran."""
+    peak_tflops = reports[0]["settings"].get("peak_tflops")
+    macs = reports[0]["gmac_per_image"] * 1e9
+    lines = [f"{'backend':<11} " + _header(bool(peak_tflops)) + f" {'× timm':>7}"]
+    for report in reports:
+        backend = report["machine"]["backend"]
+        results = [Result(**r) for r in report["results"]]
+        timm = {r.mode: r.images_per_s for r in results if r.name == "timm"}
+        for r in results:
+            reference = timm.get(r.mode) if r.name.startswith("keras/") else None
+            ratio = f"{r.images_per_s / reference:6.2f}×" if reference else ""
+            lines.append(f"{backend:<11} {_columns(r, macs, peak_tflops)} {ratio:>7}".rstrip())
     return "\n".join(lines)

@@ -287,6 +287,17 @@ def cmd_benchmark(args) -> int:
     import keras
 
     from keras_convmixer import benchmark
+
+    if args.all_backends:
+        if args.backend:
+            raise UserError("--all-backends runs every backend; leave out --backend")
+        # This command line again (the same program, so the same imports), per backend.
+        command = [sys.executable, *(a for a in sys.orig_argv[1:] if a != "--all-backends")]
+        reports = benchmark.run_per_backend(command, BACKENDS)
+        print(f"\n{args.model}, batch {args.batch}, {args.image_size}², {args.dtype_policy}")
+        print(benchmark.combined_table(reports))
+        benchmark.write_json({"runs": reports}, args.json)
+        return 0
     from keras_convmixer.model import variant_from_name
 
     patch_size = variant_from_name(args.model).patch_size
@@ -824,6 +835,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=at_least(0), default=2)
     p.add_argument("--repeats", type=at_least(1), default=5)
     p.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"))
+    p.add_argument(
+        "--all-backends",
+        action="store_true",
+        help="run once per backend, each in a process of its own, then print one table",
+    )
     p.add_argument("--compare-timm", action="store_true", help="also time timm in this process")
     p.add_argument("--timm-compile", action="store_true", help="also time timm + torch.compile")
     p.add_argument("--peak-tflops", type=positive_float, help="device peak, to report MFU")

@@ -332,6 +332,8 @@ def test_user_errors_name_the_problem(tmp_path, tiny_checkpoint, monkeypatch, ca
     assert message in error_of("train", "--output", str(tmp_path))
     missing = str(tmp_path / "x.safetensors")
     assert "no such file" in error_of("convert", missing, "o.weights.h5", "--model", TINY)
+    message = "--all-backends runs every backend; leave out --backend"
+    assert message in error_of("benchmark", "--all-backends", "--backend", BACKEND)
 
 
 @pytest.mark.parametrize(
@@ -417,6 +419,51 @@ def test_benchmark_writes_json(tmp_path):
     assert [r["mode"] for r in report["results"]] == ["inference", "train"]
     assert all(r["images_per_s"] > 0 for r in report["results"])
     assert f"keras/{BACKEND}" in result.stdout
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="it runs every backend itself")
+def test_benchmark_on_all_backends_prints_one_table(tmp_path):
+    out = tmp_path / "all.json"
+    settings = ["--model", TINY, "--image-size", "32", "--batch", "2", "--warmup", "0"]
+    result = cli("benchmark", "--all-backends", *settings, "--repeats", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert [run["machine"]["backend"] for run in runs] == ["tensorflow", "jax", "torch"]
+    for run in runs:
+        backend = run["machine"]["backend"]
+        assert [r["name"] for r in run["results"]] == [f"keras/{backend}"] * 2
+        assert run["settings"]["batch"] == 2 and run["settings"]["model"] == TINY
+    table = result.stdout[result.stdout.index("backend     path") :].splitlines()
+    assert [line.split()[:3] for line in table[1:]] == [
+        [backend, f"keras/{backend}", mode]
+        for backend in ("tensorflow", "jax", "torch")
+        for mode in ("inference", "train")
+    ]
+
+
+def test_combined_table_gives_each_keras_path_as_a_multiple_of_timm():
+    from keras_convmixer import benchmark
+
+    def report(backend, ours, timm):
+        results = [
+            benchmark.Result(name, "inference", speed, speed, speed, 1.0, 100.0)
+            for name, speed in ((f"keras/{backend}", ours), ("timm", timm))
+        ]
+        return {
+            "settings": {"peak_tflops": None},
+            "gmac_per_image": 1.0,
+            "machine": {"backend": backend},
+            "results": [r.__dict__ for r in results],
+        }
+
+    lines = benchmark.combined_table([report("jax", 6.0, 4.0), report("torch", 3.0, 4.0)])
+    rows = [line.split() for line in lines.splitlines()[1:]]
+    assert [(row[0], row[1], row[-1]) for row in rows] == [
+        ("jax", "keras/jax", "1.50×"),
+        ("jax", "timm", "100"),
+        ("torch", "keras/torch", "0.75×"),
+        ("torch", "timm", "100"),
+    ]
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="one backend is enough for this minute")
