@@ -287,17 +287,6 @@ def cmd_benchmark(args) -> int:
     import keras
 
     from keras_convmixer import benchmark
-
-    if args.all_backends:
-        if args.backend:
-            raise UserError("--all-backends runs every backend; leave out --backend")
-        # This command line again (the same program, so the same imports), per backend.
-        command = [sys.executable, *(a for a in sys.orig_argv[1:] if a != "--all-backends")]
-        reports = benchmark.run_per_backend(command, BACKENDS)
-        print(f"\n{args.model}, batch {args.batch}, {args.image_size}², {args.dtype_policy}")
-        print(benchmark.combined_table(reports))
-        benchmark.write_json({"runs": reports}, args.json)
-        return 0
     from keras_convmixer.model import variant_from_name
 
     patch_size = variant_from_name(args.model).patch_size
@@ -306,6 +295,17 @@ def cmd_benchmark(args) -> int:
             f"--image-size must be at least {args.model}'s patch size, {patch_size}; "
             f"received {args.image_size}"
         )
+    if args.all_backends:
+        if args.backend:
+            raise UserError("--all-backends runs every backend; leave out --backend")
+        # This command line again (the same program, so the same imports) without the flag or
+        # any prefix of it that argparse took for it, once per backend.
+        rest = [a for a in sys.orig_argv[1:] if not (len(a) > 2 and "--all-backends".startswith(a))]
+        reports = benchmark.run_per_backend([sys.executable, *rest], BACKENDS)
+        print(f"\n{args.model}, batch {args.batch}, {args.image_size}², {args.dtype_policy}")
+        print(benchmark.combined_table(reports))
+        benchmark.write_json({"runs": reports}, args.json)
+        return 0
     keras.config.set_dtype_policy(args.dtype_policy)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     modes = ("inference", "train") if args.mode == "both" else (args.mode,)
