@@ -182,6 +182,10 @@ def _xla_on_cpu() -> bool:
     return False
 
 
+def _jax_on_cpu() -> bool:
+    return keras.backend.backend() == "jax" and _xla_on_cpu()
+
+
 def _tf_in_xla() -> bool:
     import tensorflow as tf
     from tensorflow.python.ops import control_flow_util
@@ -480,10 +484,9 @@ def cast(x, dtype):
     time, and that kept the rest of the fused depthwise loop of a ConvMixer-768 layer from
     being vectorised (26 against 19 ms at batch 8 on 2 cores)."""
     if (
-        keras.backend.backend() != "jax"
-        or keras.backend.standardize_dtype(x.dtype) != "float32"
+        keras.backend.standardize_dtype(x.dtype) != "float32"
         or keras.backend.standardize_dtype(dtype) != "bfloat16"
-        or not _xla_on_cpu()
+        or not _jax_on_cpu()
     ):
         return ops.cast(x, dtype)
     return _bfloat16_by_bits()(x)
@@ -523,7 +526,7 @@ def fast_activation(activation):
     rounding. On JAX on a CPU, Keras' exact GELU becomes `_gelu_erf`: `jax.nn.gelu` computes
     it through erfc, which XLA's CPU backend expands into two branches, written out in three
     loops after each matmul and computed again in each consumer."""
-    if activation is keras.activations.gelu and keras.backend.backend() == "jax" and _xla_on_cpu():
+    if activation is keras.activations.gelu and _jax_on_cpu():
         return _gelu_erf()
     return activation
 
@@ -578,7 +581,7 @@ def global_average_pool(x, data_format: str = "channels_last", keepdims: bool = 
     1×1 convolution in YNNPACK's slower float32 matmul): ConvMixer-768 inference at batch 8 on
     2 cores spent 180-220 ms a batch outside its blocks, against 40 ms with the product."""
     spatial = (1, 2) if data_format == "channels_last" else (2, 3)
-    if keras.backend.backend() != "jax" or not _xla_on_cpu():
+    if not _jax_on_cpu():
         return ops.mean(x, axis=spatial, keepdims=keepdims)
     height, width = x.shape[spatial[0]], x.shape[spatial[1]]
     # In float32 whatever the input's precision, like the mean: 1/(H·W) in bfloat16 is off
@@ -690,8 +693,7 @@ def batch_norm_training(norm: keras.layers.BatchNormalization, x):
     where the fused kernel does not apply."""
     if _fused_training_applies(norm, x):
         return _fused_training(norm, x)
-    jax_on_cpu = keras.backend.backend() == "jax" and _xla_on_cpu()
-    if jax_on_cpu and norm.center and norm.scale and not norm.synchronized:
+    if _jax_on_cpu() and norm.center and norm.scale and not norm.synchronized:
         return _jax_training(norm, x)
     wide = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
     axes = [i for i in range(len(x.shape)) if i != norm.axis % len(x.shape)]

@@ -231,8 +231,9 @@ class ConvMixerBlock(_ConvActNorm):
         else:
             mixed = depthwise_conv2d(inputs, *depthwise, self.data_format, self.depthwise_impl)
             x = ops.add(normalize(self.depthwise_norm, activation(mixed)), inputs)
-        # `x` may be float32 under mixed precision (see `depthwise_conv2d`): one rounding.
-        x = cast(x, inputs.dtype)
+            # `x` may be float32 under mixed precision (see `depthwise_conv2d`): one rounding,
+            # which the fused form makes in its loop.
+            x = cast(x, inputs.dtype)
         mixed = pointwise_conv2d(
             x, self.pointwise.kernel, self.pointwise.bias, activation, self.data_format
         )
