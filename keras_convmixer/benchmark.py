@@ -319,9 +319,10 @@ def table(results: list[Result], macs: float | None, peak_tflops: float | None) 
 
 
 def run_per_backend(command: list[str], backends: tuple[str, ...]) -> list[dict]:
-    """Runs the benchmark command line `command` (without `--backend` and `--json`) once per
-    backend, one after the other, each in a process of its own started with `KERAS_BACKEND`
-    set; their JSON reports, in order."""
+    """Runs the benchmark command line `command` (without `--backend`) once per backend, one
+    after the other, each in a process of its own started with `KERAS_BACKEND` set; their JSON
+    reports, in order. Each process gets `--json` last, so a `--json` in `command` (the user's
+    file for the combined report) is overridden there, as argparse keeps an option's last value."""
     reports = []
     with tempfile.TemporaryDirectory() as folder:
         for backend in backends:
