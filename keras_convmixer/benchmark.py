@@ -153,6 +153,9 @@ def keras_steps(model: keras.Model, batch: int, image_size: int, modes, jit_comp
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, image_size, image_size, 3)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, classes, batch), classes)
+    # On the backend's device once, as timm's batch is: from NumPy, every step would also time
+    # the copy to a GPU (38 MB at batch 64, 224²).
+    x, y = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
     name = f"keras/{keras.backend.backend()}"
     model.compile(
         optimizer=keras.optimizers.AdamW(1e-3),

@@ -397,6 +397,25 @@ def test_benchmark_gives_timm_and_keras_the_same_weights():
     assert not np.allclose(other, weights["stem.0.weight"])
 
 
+def test_benchmark_steps_take_their_batch_on_the_device(monkeypatch):
+    """The timed steps get backend tensors made once, as timm's steps do: NumPy would add a
+    host-to-device copy to every timed step on a GPU."""
+    from keras_convmixer import benchmark
+
+    model = benchmark.keras_model(TINY)
+    seen = []
+    monkeypatch.setattr(model, "predict_on_batch", lambda x: seen.append(x))
+    monkeypatch.setattr(model, "train_on_batch", lambda x, y: seen.extend((x, y)))
+    steps = benchmark.keras_steps(model, 2, 32, ("inference", "train"), jit_compile=False)
+    backend = keras.backend.backend()
+    for mode in ("inference", "inference", "train"):
+        steps[(f"keras/{backend}", mode)]()
+    x, again, x_train, y = seen
+    assert all(keras.ops.is_tensor(t) for t in seen)
+    assert x is again is x_train  # converted once, not at every step
+    assert x.shape == (2, 32, 32, 3) and y.shape == (2, model.output_shape[-1])
+
+
 def test_benchmark_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = cli(
