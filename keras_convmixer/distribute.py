@@ -235,7 +235,8 @@ def _tensorflow_setup(mode: str) -> Setup:
 def _jax_setup(mode: str, per_process_data: bool) -> Setup:
     import jax
 
-    if all(os.environ.get(v) for v in JAX_COORDINATOR_VARIABLES) and not _jax_initialized():
+    coordinated = all(os.environ.get(v) for v in JAX_COORDINATOR_VARIABLES)
+    if coordinated and not jax.distributed.is_initialized():
         if jax.config.jax_platforms in (None, "", "cpu") and not _has_accelerator():
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
@@ -273,12 +274,6 @@ def _has_accelerator() -> bool:
     return any(
         importlib.util.find_spec(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")
     )
-
-
-def _jax_initialized() -> bool:
-    from jax._src import distributed
-
-    return distributed.global_state.client is not None
 
 
 def setup(mode: str = "auto", per_process_data: bool = False) -> Setup:

@@ -94,10 +94,14 @@ def tune_xla_cpu(compute_dtype: str) -> list[str]:
     if keras.backend.backend() != "jax":
         return []
     import jaxlib
+
+    # An unknown flag in XLA_FLAGS aborts the process: only on the version measured (whose
+    # private module tells whether the backend has started).
+    if not jaxlib.__version__.startswith("0.10."):
+        return []
     from jax._src import xla_bridge
 
-    # An unknown flag in XLA_FLAGS aborts the process: only on the version measured.
-    if not jaxlib.__version__.startswith("0.10.") or xla_bridge.backends_are_initialized():
+    if xla_bridge.backends_are_initialized():
         return []
     flags = {
         YNN_FLAG: "individual_dot,reduce" if compute_dtype in ("bfloat16", "float16") else "reduce"
