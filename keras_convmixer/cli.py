@@ -668,7 +668,7 @@ def cmd_info(args) -> int:
 
 def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per `Recipe` field (`--lr`, `--weight-decay`, …); unset flags keep the recipe's."""
-    from keras_convmixer.training import RECIPES, Recipe
+    from keras_convmixer.training import RANDAUGMENT_MAX_MAGNITUDE, RECIPES, Recipe
 
     group = parser.add_argument_group("recipe (defaults: the chosen --recipe's values)")
     imagenet, cifar = RECIPES["imagenet"], RECIPES["cifar10"]
@@ -678,9 +678,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         if field.type in ("bool",):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, help=defaults)
         elif field.name == "randaugment_policy":
-            from keras_convmixer.randaugment import POLICIES
-
-            group.add_argument(flag, choices=sorted(POLICIES), help=defaults)
+            group.add_argument(flag, choices=sorted(RANDAUGMENT_MAX_MAGNITUDE), help=defaults)
         elif field.type.startswith("tuple"):
             group.add_argument(
                 flag, type=float, nargs=len(getattr(imagenet, field.name)), help=defaults

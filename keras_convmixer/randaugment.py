@@ -29,6 +29,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from keras_convmixer.training import RANDAUGMENT_MAX_MAGNITUDE
+
 Image = tf.Tensor  # float32 (height, width, 3), whole values in [0, 255]
 
 
@@ -358,18 +360,18 @@ TORCHVISION_OPS: dict[str, Op] = {
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """A RandAugment policy: its ops, the largest magnitude, the geometric ops' fill (None:
-    the dataset's mean colour) and sampling."""
+    """A RandAugment policy: its ops, the geometric ops' fill (None: the dataset's mean
+    colour) and sampling. Its largest magnitude is in `training.RANDAUGMENT_MAX_MAGNITUDE`,
+    with the names, which the command line and recipe checks read without TensorFlow."""
 
     ops: dict[str, Op]
-    max_magnitude: float
     fill: tuple[float, float, float] | None
     interpolation: str
 
 
 POLICIES: dict[str, Policy] = {
-    "timm": Policy(TIMM_OPS, 10.0, None, "BILINEAR"),
-    "torchvision": Policy(TORCHVISION_OPS, 30.0, (0.0, 0.0, 0.0), "NEAREST"),
+    "timm": Policy(TIMM_OPS, None, "BILINEAR"),
+    "torchvision": Policy(TORCHVISION_OPS, (0.0, 0.0, 0.0), "NEAREST"),
 }
 
 
@@ -394,7 +396,7 @@ def rand_augment(
     which = tf.random.stateless_uniform([num_ops], seeds[0], 0, len(ops), tf.int32)
     applied = tf.random.stateless_uniform([num_ops], seeds[1]) < rate
     levels = magnitude + magnitude_std * tf.random.stateless_normal([num_ops], seeds[2])
-    levels = tf.clip_by_value(levels, 0.0, chosen.max_magnitude)
+    levels = tf.clip_by_value(levels, 0.0, RANDAUGMENT_MAX_MAGNITUDE[policy])
     signs = tf.where(tf.random.stateless_uniform([num_ops], seeds[3]) < 0.5, -1.0, 1.0)
 
     def branch(op: Op, image, level, sign):

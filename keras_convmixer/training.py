@@ -45,9 +45,9 @@ class Recipe:
     scale: tuple[float, float]
     ratio: tuple[float, float]
     flip: bool
-    randaugment_policy: str  # "timm" or "torchvision": keras_convmixer.randaugment.POLICIES
+    randaugment_policy: str  # a key of RANDAUGMENT_MAX_MAGNITUDE
     randaugment_ops: int
-    randaugment_magnitude: float  # on the policy's scale: timm 0-10, torchvision bins 0-30
+    randaugment_magnitude: float  # on the policy's scale, 0 to RANDAUGMENT_MAX_MAGNITUDE
     randaugment_std: float
     randaugment_rate: float  # probability that each chosen op is applied
     mixup_alpha: float
@@ -70,6 +70,10 @@ BACKUP = "backup"  # BackupAndRestore's folder under `make_callbacks`' output_di
 ERASING_AREA = (0.02, 1 / 3)
 ERASING_RATIO = (0.3, 1 / 0.3)
 ERASING_ATTEMPTS = 10
+
+# RandAugment's policies (their ops: `keras_convmixer.randaugment.POLICIES`) and the top of
+# each one's magnitude scale: timm's 0-10, torchvision's bins 0-30.
+RANDAUGMENT_MAX_MAGNITUDE = {"timm": 10.0, "torchvision": 30.0}
 
 IMAGENET_MEAN, IMAGENET_STD = imagenet.MEAN, imagenet.STD
 
@@ -164,11 +168,9 @@ def get_recipe(recipe: str | Recipe, **overrides) -> Recipe:
             f"Unknown recipe fields {sorted(unknown)}; see keras_convmixer.training.Recipe"
         )
     recipe = dataclasses.replace(recipe, **overrides)
-    from keras_convmixer.randaugment import POLICIES
-
-    if recipe.randaugment_policy not in POLICIES:
+    if recipe.randaugment_policy not in RANDAUGMENT_MAX_MAGNITUDE:
         raise ValueError(
-            f"randaugment_policy must be one of {sorted(POLICIES)}. "
+            f"randaugment_policy must be one of {sorted(RANDAUGMENT_MAX_MAGNITUDE)}. "
             f"Received: randaugment_policy={recipe.randaugment_policy!r}"
         )
     for name in ("image_size", "batch_size", "epochs", "accumulation_steps"):
@@ -201,7 +203,7 @@ def get_recipe(recipe: str | Recipe, **overrides) -> Recipe:
         "cutmix_alpha": (0.0, math.inf),
         "mixup_alpha": (0.0, math.inf),
         "randaugment_ops": (0, math.inf),
-        "randaugment_magnitude": (0.0, POLICIES[recipe.randaugment_policy].max_magnitude),
+        "randaugment_magnitude": (0.0, RANDAUGMENT_MAX_MAGNITUDE[recipe.randaugment_policy]),
         "randaugment_std": (0.0, math.inf),
         "randaugment_rate": (0.0, 1.0),
     }

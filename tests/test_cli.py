@@ -72,6 +72,31 @@ def test_backend_flag_switches_backend():
     assert f"backend {other}" in result.stdout
 
 
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="Keras imports TensorFlow on its backend")
+def test_commands_without_tf_data_run_without_tensorflow(tiny_checkpoint, tmp_path):
+    """`pip install keras-convmixer[jax]` (or [torch]) installs no TensorFlow: the command line
+    builds its parser, predicts, benchmarks and converts without it (only `train` and
+    `evaluate` read data through tf.data)."""
+    blocked = "import sys; sys.modules['tensorflow'] = None; from keras_convmixer.cli import main"
+    converted = str(tmp_path / "tiny.weights.h5")
+    runs = [
+        ["--help"],
+        ["predict", "--model", TINY, "--weights", tiny_checkpoint, "--top", "1"],
+        ["benchmark", "--model", TINY, "--image-size", "32", "--batch", "2", "--repeats", "1"],
+        ["convert", tiny_checkpoint, converted, "--model", TINY],
+    ]
+    for args in runs:
+        result = subprocess.run(
+            [sys.executable, "-c", f"{blocked}; raise SystemExit(main(sys.argv[1:]))", *args],
+            env={**os.environ, "KERAS_BACKEND": BACKEND},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, (args, result.stderr[-2000:])
+    assert os.path.getsize(converted) > 0
+
+
 def test_predict_classifies_the_bundled_photo(tiny_checkpoint, capsys):
     result = cli("predict", "--model", TINY, "--weights", tiny_checkpoint)
     assert result.returncode == 0, result.stderr[-2000:]
