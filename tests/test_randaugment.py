@@ -190,3 +190,5 @@ def test_recipe_rejects_bad_randaugment_settings(overrides, message):
 def test_torchvision_magnitude_takes_bins_up_to_30():
     recipe = training.get_recipe("cifar10", randaugment_magnitude=30.0)
     assert recipe.randaugment_magnitude == 30.0
+    # The recipe checks' policy names (TensorFlow-free) are the policies that have ops.
+    assert training.RANDAUGMENT_MAX_MAGNITUDE.keys() == randaugment.POLICIES.keys()
