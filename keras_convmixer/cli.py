@@ -52,6 +52,14 @@ def at_least(minimum: int):
     return parse
 
 
+def installed_backends() -> tuple[str, ...]:
+    """The Keras backends whose framework is installed (each backend is named after its
+    module)."""
+    import importlib.util
+
+    return tuple(b for b in BACKENDS if importlib.util.find_spec(b) is not None)
+
+
 def model_help(otherwise: str) -> str:
     """--model's help: the names, and the default from the checkpoint's config.json."""
     return f"{MODEL_HELP}; default: the architecture that config.json names, {otherwise}"
@@ -301,7 +309,11 @@ def cmd_benchmark(args) -> int:
         # This command line again (the same program, so the same imports) without the flag or
         # any prefix of it that argparse took for it, once per backend.
         rest = [a for a in sys.orig_argv[1:] if not (len(a) > 2 and "--all-backends".startswith(a))]
-        reports = benchmark.run_per_backend([sys.executable, *rest], BACKENDS)
+        backends = installed_backends()
+        if len(backends) < len(BACKENDS):
+            left_out = ", ".join(b for b in BACKENDS if b not in backends)
+            print(f"not installed, left out: {left_out}", file=sys.stderr)
+        reports = benchmark.run_per_backend([sys.executable, *rest], backends)
         print(f"\n{args.model}, batch {args.batch}, {args.image_size}², {args.dtype_policy}")
         print(benchmark.combined_table(reports))
         benchmark.write_json({"runs": reports}, args.json)
@@ -649,10 +661,9 @@ def cmd_info(args) -> int:
     from keras_convmixer.pretrained import WEIGHTS, cache_dir, converted_path
 
     backend = keras.backend.backend()
-    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend]
     print(f"keras_convmixer {__version__}")
     print(f"keras {keras.__version__}, numpy {np.__version__}")
-    print(f"backend {backend} ({module} {__import__(module).__version__})")
+    print(f"backend {backend} ({backend} {__import__(backend).__version__})")  # module's name
     print(f"devices {', '.join(list_devices())}")
     print(f"weights cache {cache_dir()}")
     for name, checkpoint in WEIGHTS.items():
@@ -836,7 +847,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--all-backends",
         action="store_true",
-        help="run once per backend, each in a process of its own, then print one table",
+        help="run once per installed backend, each in a process of its own; one table",
     )
     p.add_argument("--compare-timm", action="store_true", help="also time timm in this process")
     p.add_argument("--timm-compile", action="store_true", help="also time timm + torch.compile")

@@ -486,6 +486,18 @@ def test_benchmark_on_all_backends_prints_one_table(tmp_path):
     ]
 
 
+def test_all_backends_means_those_installed(monkeypatch):
+    """On a machine with JAX and PyTorch but no TensorFlow (the GPU image here) --all-backends
+    runs the two it has."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "tensorflow" else find_spec(name)
+    )
+    assert cli_module.installed_backends() == ("jax", "torch")
+
+
 def test_combined_table_gives_each_keras_path_as_a_multiple_of_timm():
     from keras_convmixer import benchmark
 
