@@ -300,6 +300,40 @@ def test_mixed_precision_follows_float32(policy, depthwise_impl, dtype_policy):
     assert max(errors) < (0.02 if policy == "mixed_float16" else 0.15), errors
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's paths for GPUs and TPUs")
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_jax_paths_off_the_cpu_compute_the_same_function(policy, dtype_policy, monkeypatch):
+    """On a GPU or TPU, JAX takes the paths that CI never reaches: XLA's own depthwise
+    convolution, GELU, mean and BatchNorm gradient, and the 1×1 convolution's 16-bit result.
+    Run here with the CPU hidden from `kernels`, they give the CPU paths' logits and one SGD
+    step's weight changes, to float32 rounding or within 16-bit rounding."""
+    from keras_convmixer import kernels
+
+    dtype_policy(policy)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, 12, 12, 3)).astype("float32")
+    y = np.eye(5, dtype="float32")[[0, 1, 2, 4]]
+    results = []
+    for on_cpu in (True, False):
+        monkeypatch.setattr(kernels, "_xla_on_cpu", lambda on_cpu=on_cpu: on_cpu)
+        model = small_model(kernel_size=4)
+        logits = to_numpy(model(x))
+        before = [to_numpy(v) for v in model.trainable_weights]
+        model.compile(keras.optimizers.SGD(1.0), keras.losses.CategoricalCrossentropy(True))
+        model.train_on_batch(x, y)
+        steps = [b - to_numpy(v) for b, v in zip(before, model.trainable_weights, strict=True)]
+        results.append((logits, steps))
+    (logits, steps), (other_logits, other_steps) = results
+    wide = policy == "float32"
+    scale = np.abs(logits).max()
+    assert scale > 0.5 and np.abs(other_logits - logits).max() < (1e-5 if wide else 0.03) * scale
+    errors = [
+        np.linalg.norm(other - step) / np.linalg.norm(step)
+        for step, other in zip(steps, other_steps, strict=True)
+    ]
+    assert max(errors) < (1e-4 if wide else 0.15), errors
+
+
 def test_policy_agreement_compares_float32_with_a_model_built_under_the_policy(dtype_policy):
     """The copy under the policy computes what a model built under it computes with the same
     weights, and the figures are those of the two models' predictions."""
