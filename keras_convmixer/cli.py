@@ -24,6 +24,13 @@ MODEL_HELP = (
     "convmixer_DIM_DEPTH[_kKERNEL][_pPATCH][_relu]"
 )
 HUB = "hf://OWNER/REPO[@REV][/FILE]"
+# What a command needs that the package does not install with every backend, by module.
+INSTALL_HINTS = {
+    "tensorflow": "reading data (tf.data) needs TensorFlow on every backend: "
+    "pip install tensorflow-cpu (tensorflow on a GPU machine)",
+    "tensorflow_datasets": "--tfds needs TensorFlow Datasets: pip install tensorflow-datasets",
+    "timm": "--compare-timm needs timm: pip install timm",
+}
 MODES_DISTRIBUTE = ("auto", "none", "mirrored", "multi-worker", "data-parallel")
 
 
@@ -897,6 +904,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KERAS_BACKEND"] = args.backend
     try:
         return args.run(args)
+    except ModuleNotFoundError as error:
+        if error.name not in INSTALL_HINTS:
+            raise
+        print(f"keras-convmixer: error: {INSTALL_HINTS[error.name]}", file=sys.stderr)
+        return 2
     except (UserError, ValueError, OSError) as error:
         print(f"keras-convmixer: error: {error}", file=sys.stderr)
         return 2

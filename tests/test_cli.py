@@ -76,8 +76,18 @@ def test_backend_flag_switches_backend():
 def test_commands_without_tf_data_run_without_tensorflow(tiny_checkpoint, tmp_path):
     """`pip install keras-convmixer[jax]` (or [torch]) installs no TensorFlow: the command line
     builds its parser, predicts, benchmarks and converts without it (only `train` and
-    `evaluate` read data through tf.data)."""
+    `evaluate` read data through tf.data, and say what to install)."""
     blocked = "import sys; sys.modules['tensorflow'] = None; from keras_convmixer.cli import main"
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-c", f"{blocked}; raise SystemExit(main(sys.argv[1:]))", *args],
+            env={**os.environ, "KERAS_BACKEND": BACKEND},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
     converted = str(tmp_path / "tiny.weights.h5")
     runs = [
         ["--help"],
@@ -86,15 +96,32 @@ def test_commands_without_tf_data_run_without_tensorflow(tiny_checkpoint, tmp_pa
         ["convert", tiny_checkpoint, converted, "--model", TINY],
     ]
     for args in runs:
-        result = subprocess.run(
-            [sys.executable, "-c", f"{blocked}; raise SystemExit(main(sys.argv[1:]))", *args],
-            env={**os.environ, "KERAS_BACKEND": BACKEND},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        result = run(*args)
         assert result.returncode == 0, (args, result.stderr[-2000:])
     assert os.path.getsize(converted) > 0
+    train = run("train", "--model", TINY, "--tfds", "cifar10", "--output", str(tmp_path / "t"))
+    assert_user_error(train, "needs TensorFlow on every backend: pip install tensorflow-cpu")
+
+
+def test_a_missing_optional_package_is_named_with_what_to_install(monkeypatch, capsys):
+    def needs(module):
+        def command(args):
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+        return command
+
+    monkeypatch.setattr(cli_module, "cmd_info", needs("timm"))
+    assert cli_module.main(["info"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "keras-convmixer: error: --compare-timm needs timm: pip install timm\n"
+    )
+    monkeypatch.setattr(cli_module, "cmd_info", needs("tensorflow_datasets"))
+    assert cli_module.main(["info"]) == 2
+    assert "pip install tensorflow-datasets" in capsys.readouterr().err
+    monkeypatch.setattr(cli_module, "cmd_info", needs("a_bug"))  # not an optional package
+    with pytest.raises(ModuleNotFoundError):
+        cli_module.main(["info"])
 
 
 def test_predict_classifies_the_bundled_photo(tiny_checkpoint, capsys):
