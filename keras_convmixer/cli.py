@@ -26,8 +26,8 @@ MODEL_HELP = (
 HUB = "hf://OWNER/REPO[@REV][/FILE]"
 # What a command needs that the package does not install with every backend, by module.
 INSTALL_HINTS = {
-    "tensorflow": "reading data (tf.data) needs TensorFlow on every backend: "
-    "pip install tensorflow-cpu (tensorflow on a GPU machine)",
+    "tensorflow": "tf.data input pipelines and SavedModel export need TensorFlow on every "
+    "backend: pip install tensorflow-cpu (tensorflow on a GPU machine)",
     "tensorflow_datasets": "--tfds needs TensorFlow Datasets: pip install tensorflow-datasets",
     "timm": "--compare-timm needs timm: pip install timm",
 }
@@ -619,6 +619,8 @@ def cmd_export(args) -> int:
             "Keras cannot export a SavedModel from PyTorch: add --backend tensorflow or jax, "
             "or name an .onnx file"
         )
+    if export_format == "tf_saved_model":
+        import tensorflow  # noqa: F401  (from JAX too; missing, INSTALL_HINTS says so up front)
     if args.include_preprocessing and args.weights.endswith(".keras"):
         raise UserError("--include-preprocessing builds a model: not with a .keras file")
     options = {}

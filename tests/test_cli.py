@@ -100,7 +100,10 @@ def test_commands_without_tf_data_run_without_tensorflow(tiny_checkpoint, tmp_pa
         assert result.returncode == 0, (args, result.stderr[-2000:])
     assert os.path.getsize(converted) > 0
     train = run("train", "--model", TINY, "--tfds", "cifar10", "--output", str(tmp_path / "t"))
-    assert_user_error(train, "needs TensorFlow on every backend: pip install tensorflow-cpu")
+    assert_user_error(train, "need TensorFlow on every backend: pip install tensorflow-cpu")
+    if BACKEND == "jax":
+        export = run("export", str(tmp_path / "served"), "--model", TINY, "--weights", converted)
+        assert_user_error(export, "SavedModel export need TensorFlow")
 
 
 def test_a_missing_optional_package_is_named_with_what_to_install(monkeypatch, capsys):
