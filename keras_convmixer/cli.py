@@ -30,6 +30,7 @@ INSTALL_HINTS = {
     "backend: pip install tensorflow-cpu (tensorflow on a GPU machine)",
     "tensorflow_datasets": "--tfds needs TensorFlow Datasets: pip install tensorflow-datasets",
     "timm": "--compare-timm needs timm: pip install timm",
+    "torch": "PyTorch checkpoints (.pth, .bin) and --compare-timm need PyTorch: pip install torch",
 }
 MODES_DISTRIBUTE = ("auto", "none", "mirrored", "multi-worker", "data-parallel")
 
