@@ -75,8 +75,8 @@ def test_backend_flag_switches_backend():
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="Keras imports TensorFlow on its backend")
 def test_commands_without_tf_data_run_without_tensorflow(tiny_checkpoint, tmp_path):
     """`pip install keras-convmixer[jax]` (or [torch]) installs no TensorFlow: the command line
-    builds its parser, predicts, benchmarks and converts without it (only `train` and
-    `evaluate` read data through tf.data, and say what to install)."""
+    builds its parser, predicts, benchmarks and converts without it. `train` and `evaluate`
+    (tf.data) and a SavedModel export from JAX need it, and say what to install."""
     blocked = "import sys; sys.modules['tensorflow'] = None; from keras_convmixer.cli import main"
 
     def run(*args):
