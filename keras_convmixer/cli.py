@@ -523,6 +523,7 @@ def cmd_train(args) -> int:
         steps_per_epoch=args.steps_per_epoch,
         validation_data=val,
         callbacks=training.make_callbacks(output, best_of="val_accuracy"),
+        shuffle=False,  # the pipeline shuffles; Keras warns that it ignores True for a dataset
         verbose=2,
     )
     results = trained.evaluate(val, return_dict=True, verbose=0)
