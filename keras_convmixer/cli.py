@@ -622,7 +622,9 @@ def cmd_export(args) -> int:
             "or name an .onnx file"
         )
     if export_format == "tf_saved_model":
-        import tensorflow  # noqa: F401  (from JAX too; missing, INSTALL_HINTS says so up front)
+        # Needed from JAX too. Imported now, a missing one gets INSTALL_HINTS' line; Keras'
+        # own lazy import would fail later, as an ImportError with a traceback.
+        import tensorflow  # noqa: F401
     if args.include_preprocessing and args.weights.endswith(".keras"):
         raise UserError("--include-preprocessing builds a model: not with a .keras file")
     options = {}

@@ -267,6 +267,29 @@ def test_mixed_precision(policy, dtype_policy):
     assert keras.backend.standardize_dtype(features["block_1"].dtype) == compute
 
 
+def _sgd_batch(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Four 12² images and one-hot labels of 5 classes."""
+    x = np.random.default_rng(seed).normal(size=(4, 12, 12, 3)).astype("float32")
+    return x, np.eye(5, dtype="float32")[[0, 1, 2, 4]]
+
+
+def _logits_and_sgd_step(model: keras.Model, x, y) -> tuple[np.ndarray, list[np.ndarray]]:
+    """`model`'s logits on `x`, and what one SGD step (rate 1) on `(x, y)` changes in each
+    trainable weight."""
+    logits = to_numpy(model(x))
+    before = [to_numpy(v) for v in model.trainable_weights]
+    model.compile(keras.optimizers.SGD(1.0), keras.losses.CategoricalCrossentropy(True))
+    model.train_on_batch(x, y)
+    return logits, [b - to_numpy(v) for b, v in zip(before, model.trainable_weights, strict=True)]
+
+
+def _relative_errors(steps: list, others: list) -> list[float]:
+    return [
+        np.linalg.norm(other - step) / np.linalg.norm(step)
+        for step, other in zip(steps, others, strict=True)
+    ]
+
+
 @pytest.mark.parametrize("depthwise_impl", ["auto", "shift"])
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_follows_float32(policy, depthwise_impl, dtype_policy):
@@ -275,27 +298,16 @@ def test_mixed_precision_follows_float32(policy, depthwise_impl, dtype_policy):
     gradient path is far outside that."""
     if BACKEND == "torch" and depthwise_impl == "shift":
         pytest.skip("the shift form is for XLA (JAX, TensorFlow)")
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(4, 12, 12, 3)).astype("float32")
-    y = np.eye(5, dtype="float32")[[0, 1, 2, 4]]
+    x, y = _sgd_batch(seed=3)
     results = {}
     for name in ("float32", policy):
         dtype_policy(name)
-        model = small_model(depthwise_impl=depthwise_impl)
-        logits = to_numpy(model(x))
-        before = [to_numpy(v) for v in model.trainable_weights]
-        model.compile(keras.optimizers.SGD(1.0), keras.losses.CategoricalCrossentropy(True))
-        model.train_on_batch(x, y)
-        steps = [b - to_numpy(v) for b, v in zip(before, model.trainable_weights, strict=True)]
-        results[name] = logits, steps
+        results[name] = _logits_and_sgd_step(small_model(depthwise_impl=depthwise_impl), x, y)
     (logits, steps), (mixed_logits, mixed_steps) = results["float32"], results[policy]
     scale = np.abs(logits).max()
     assert np.abs(mixed_logits - logits).max() < 0.03 * scale
     assert np.abs(logits).max() > 0.5  # not a degenerate model
-    errors = [
-        np.linalg.norm(mixed - step) / np.linalg.norm(step)
-        for step, mixed in zip(steps, mixed_steps, strict=True)
-    ]
+    errors = _relative_errors(steps, mixed_steps)
     # Measured: at most 0.6% (float16) and 8% (bfloat16, 8-bit mantissa) on every backend.
     assert max(errors) < (0.02 if policy == "mixed_float16" else 0.15), errors
 
@@ -310,27 +322,16 @@ def test_jax_paths_off_the_cpu_compute_the_same_function(policy, dtype_policy, m
     from keras_convmixer import kernels
 
     dtype_policy(policy)
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(4, 12, 12, 3)).astype("float32")
-    y = np.eye(5, dtype="float32")[[0, 1, 2, 4]]
+    x, y = _sgd_batch(seed=4)
     results = []
     for on_cpu in (True, False):
         monkeypatch.setattr(kernels, "_xla_on_cpu", lambda on_cpu=on_cpu: on_cpu)
-        model = small_model(kernel_size=4)
-        logits = to_numpy(model(x))
-        before = [to_numpy(v) for v in model.trainable_weights]
-        model.compile(keras.optimizers.SGD(1.0), keras.losses.CategoricalCrossentropy(True))
-        model.train_on_batch(x, y)
-        steps = [b - to_numpy(v) for b, v in zip(before, model.trainable_weights, strict=True)]
-        results.append((logits, steps))
+        results.append(_logits_and_sgd_step(small_model(kernel_size=4), x, y))
     (logits, steps), (other_logits, other_steps) = results
     wide = policy == "float32"
     scale = np.abs(logits).max()
     assert scale > 0.5 and np.abs(other_logits - logits).max() < (1e-5 if wide else 0.03) * scale
-    errors = [
-        np.linalg.norm(other - step) / np.linalg.norm(step)
-        for step, other in zip(steps, other_steps, strict=True)
-    ]
+    errors = _relative_errors(steps, other_steps)
     assert max(errors) < (1e-4 if wide else 0.15), errors
 
 
