@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 import warnings
@@ -446,6 +447,29 @@ def test_benchmark_gives_timm_and_keras_the_same_weights():
     )
     other = benchmark.timm_weights(TINY, seed=2)["stem.0.weight"]
     assert not np.allclose(other, weights["stem.0.weight"])
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="timm's side only: once is enough")
+@pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on a CPU needs a compiler")
+def test_benchmark_compiles_timm_for_both_modes():
+    """`--timm-compile` under autocast, the GPU comparison of the performance issue: both
+    steps run through graphs that torch.compile made."""
+    import torch
+    from timm_shim import import_timm
+
+    from keras_convmixer import benchmark
+
+    assert import_timm() is not None
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # not reset by reset()
+    weights = benchmark.timm_weights(TINY, seed=1)
+    modes = ("inference", "train")
+    steps = benchmark.timm_steps(TINY, 2, 32, modes, "mixed_bfloat16", True, weights)
+    assert sorted(steps) == [("timm/torch.compile", mode) for mode in modes]
+    for step in steps.values():
+        step()
+    # One graph for each mode: BatchNorm's mode is part of what a graph assumes.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2
 
 
 def test_benchmark_steps_take_their_batch_on_the_device(monkeypatch):
