@@ -1,4 +1,5 @@
-/* The CPU's peak arithmetic rate, the ceiling of any fp32 or bfloat16 implementation of a model.
+/* An x86-64 CPU's peak arithmetic rate, the ceiling of any fp32 or bfloat16 implementation of
+   a model.
 
    Measures the clock (a chain of dependent adds, one a cycle) and, on one core and on every
    online core, how fast fused multiply-adds run with enough independent accumulators to hide
@@ -95,20 +96,25 @@ static double rate(void *(*worker)(void *), int threads, double flops_per_step) 
 int main(int argc, char **argv) {
     double scale = argc > 1 ? atof(argv[1]) : 1.0;
     if (!(scale > 0)) {
-        fprintf(stderr, "cpu_peak: the argument scales the work and must be > 0, got %s\n", argv[1]);
+        fprintf(stderr, "cpu_peak: the argument scales the work and must be > 0, got %s\n",
+                argv[1]);
         return 2;
     }
     iterations = (long)(1e8 * scale) + 1;
     int cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
     double ghz = clock_ghz();
-    double fp32_one = rate(fp32_worker, 1, 2.0 * LANES), fp32_all = rate(fp32_worker, cores, 2.0 * LANES);
-    printf("{\n  \"cores\": %d,\n  \"clock_ghz\": %.2f,\n  \"fp32_isa\": \"%s\",\n", cores, ghz, ISA);
-    printf("  \"fp32_gflops_one_core\": %.1f,\n  \"fp32_flop_per_cycle\": %.1f,\n", fp32_one, fp32_one / ghz);
+    double fp32_one = rate(fp32_worker, 1, 2.0 * LANES);
+    double fp32_all = rate(fp32_worker, cores, 2.0 * LANES);
+    printf("{\n  \"cores\": %d,\n  \"clock_ghz\": %.2f,\n", cores, ghz);
+    printf("  \"fp32_isa\": \"%s\",\n", ISA);
+    printf("  \"fp32_gflops_one_core\": %.1f,\n", fp32_one);
+    printf("  \"fp32_flop_per_cycle\": %.1f,\n", fp32_one / ghz);
     printf("  \"fp32_gflops_all_cores\": %.1f", fp32_all);
 #if defined(__AVX512BF16__)
     /* 16 lanes, each two bfloat16 products added to a float32: 64 FLOP an instruction. */
     double bf16_one = rate(bf16_worker, 1, 64.0), bf16_all = rate(bf16_worker, cores, 64.0);
-    printf(",\n  \"bf16_gflops_one_core\": %.1f,\n  \"bf16_flop_per_cycle\": %.1f,\n", bf16_one, bf16_one / ghz);
+    printf(",\n  \"bf16_gflops_one_core\": %.1f,\n", bf16_one);
+    printf("  \"bf16_flop_per_cycle\": %.1f,\n", bf16_one / ghz);
     printf("  \"bf16_gflops_all_cores\": %.1f", bf16_all);
 #endif
     printf("\n}\n");

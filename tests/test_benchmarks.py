@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 
@@ -11,6 +12,9 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ben
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="cpu_peak.c needs gcc")
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="cpu_peak.c is for x86-64"
+)
 def test_cpu_peak_prints_the_rates_as_json(tmp_path):
     program = str(tmp_path / "cpu_peak")
     source = os.path.join(BENCHMARKS, "cpu_peak.c")
