@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
-from keras import layers, ops
+from keras import layers
 
 from keras_convmixer.checks import check_bool, check_positive_int
 from keras_convmixer.distribute import sync_batch_norm
 from keras_convmixer.kernels import (
+    add_residual,
     batch_norm,
     batch_norm_training,
     cast,
@@ -129,8 +130,11 @@ class PatchEmbedding(_ConvActNorm):
 
     def call(self, inputs, training=None):
         conv = self.conv
-        patches = patch_conv2d(inputs, conv.kernel, conv.bias, self.patch_size, self.data_format)
-        return batch_norm(self.norm, fast_activation(self.activation)(patches), training)
+        activation = fast_activation(self.activation)
+        patches = patch_conv2d(
+            inputs, conv.kernel, conv.bias, self.patch_size, activation, self.data_format
+        )
+        return batch_norm(self.norm, patches, training)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -229,8 +233,10 @@ class ConvMixerBlock(_ConvActNorm):
             folded = folded_batch_norm(self.depthwise_norm)
             x = depthwise_residual(inputs, *depthwise, activation, *folded)
         else:
-            mixed = depthwise_conv2d(inputs, *depthwise, self.data_format, self.depthwise_impl)
-            x = ops.add(normalize(self.depthwise_norm, activation(mixed)), inputs)
+            mixed = depthwise_conv2d(
+                inputs, *depthwise, activation, self.data_format, self.depthwise_impl
+            )
+            x = add_residual(normalize(self.depthwise_norm, mixed), inputs)
             # `x` may be float32 under mixed precision (see `depthwise_conv2d`): one rounding,
             # which the fused form makes in its loop.
             x = cast(x, inputs.dtype)

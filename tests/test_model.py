@@ -84,6 +84,32 @@ def test_matches_numpy_reference(activation, kernel_size, depthwise_impl):
     assert np.std(expected) > 0.1  # the comparison is not between near-constant outputs
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="oneDNN's fused convolutions: PyTorch")
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_torch_inference_reorders_weights_once_and_follows_every_change(activation):
+    """On PyTorch, `predict` runs each convolution with its activation in oneDNN and keeps the
+    weights reordered for it. After `set_weights` and after a training step, its logits must
+    still be the NumPy reference's for the weights the model holds then."""
+    from keras_convmixer.kernels import _onednn_weights
+
+    model = small_model(activation, kernel_size=4)
+    x = np.random.default_rng(1).normal(size=(2, 14, 10, 3)).astype("float32")
+    y = np.eye(5, dtype="float32")[[0, 3]]
+    other = randomize(small_model(activation, kernel_size=4), seed=5)
+    model.compile(keras.optimizers.SGD(0.5), keras.losses.CategoricalCrossentropy(True))
+    for change in ("none", "set_weights", "train_on_batch"):
+        if change == "set_weights":
+            model.set_weights(other.get_weights())
+        elif change == "train_on_batch":
+            model.train_on_batch(x, y)
+        expected, _ = forward(model, x, activation, depth=3)
+        logits = to_numpy(model.predict(x, verbose=0))
+        assert np.max(np.abs(logits - expected)) <= 1e-5, change
+    kernels = {id(v.value) for v in model.weights if v.path.endswith("kernel")}
+    assert len(kernels) == 8  # stem, 3 depthwise, 3 pointwise, head (a matmul, not cached)
+    assert len(kernels & {id(t) for t in _onednn_weights()}) == 7
+
+
 @pytest.mark.parametrize("depthwise_impl", ["native", "shift"])
 def test_channels_first_gives_the_same_numbers(depthwise_impl):
     last = small_model(depthwise_impl=depthwise_impl, data_format="channels_last")
@@ -440,13 +466,14 @@ def test_shift_depthwise_gradients_match_the_native_convolution(kernel_size, dat
     kernel = rng.normal(size=(kernel_size, kernel_size, 5, 1)).astype("float32")
     bias = np.zeros(5, "float32")
     upstream = rng.normal(size=shape).astype("float32")
+    linear = keras.activations.linear
 
     def gradients(impl):
         if BACKEND == "jax":
             import jax
 
             def loss(x, kernel):
-                out = depthwise_conv2d(x, kernel, bias, data_format, impl)
+                out = depthwise_conv2d(x, kernel, bias, linear, data_format, impl)
                 return (out * upstream).sum()
 
             return [np.asarray(g) for g in jax.grad(loss, argnums=(0, 1))(x, kernel)]
@@ -454,7 +481,7 @@ def test_shift_depthwise_gradients_match_the_native_convolution(kernel_size, dat
 
         tx, tk = tf.Variable(x), tf.Variable(kernel)
         with tf.GradientTape() as tape:
-            out = depthwise_conv2d(tx, tk, bias, data_format, impl)
+            out = depthwise_conv2d(tx, tk, bias, linear, data_format, impl)
             loss = tf.reduce_sum(out * upstream)
         return [g.numpy() for g in tape.gradient(loss, [tx, tk])]
 
@@ -517,8 +544,8 @@ def test_fused_inference_half_rounds_16_bit_inputs_once_as_the_unfused_form():
     bias = rng.normal(size=40)
     relu = keras.activations.relu
     fused = depthwise_residual(x, kernel, bias, relu, scale, shift)
-    summed = depthwise_conv2d(x, kernel, bias, impl="shift")
-    unfused = cast(relu(summed) * scale + shift + keras.ops.cast(x, "float32"), "bfloat16")
+    summed = depthwise_conv2d(x, kernel, bias, relu, impl="shift")
+    unfused = cast(summed * scale + shift + keras.ops.cast(x, "float32"), "bfloat16")
     assert keras.backend.standardize_dtype(fused.dtype) == "bfloat16"
     bits = [to_numpy(keras.ops.cast(t, "float32")).view(np.uint32) for t in (fused, unfused)]
     np.testing.assert_array_equal(*bits)
@@ -535,9 +562,10 @@ def test_shift_depthwise_keeps_16_bit_inputs_sums_in_float32():
     x = keras.ops.cast(rng.normal(size=(2, 6, 6, 8)), "bfloat16")
     kernel = rng.normal(size=(3, 3, 8, 1)).astype("float32")
     bias = rng.normal(size=8).astype("float32")
-    out = depthwise_conv2d(x, kernel, bias, impl="shift")
+    linear = keras.activations.linear
+    out = depthwise_conv2d(x, kernel, bias, linear, impl="shift")
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
-    exact = depthwise_conv2d(keras.ops.cast(x, "float32"), kernel, bias, impl="native")
+    exact = depthwise_conv2d(keras.ops.cast(x, "float32"), kernel, bias, linear, impl="native")
     # Rounded to bfloat16, the sums (up to ~10 here) would be off by up to 2^-9 of their size.
     np.testing.assert_allclose(to_numpy(out), to_numpy(exact), rtol=1e-5, atol=1e-5)
 
