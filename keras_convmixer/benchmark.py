@@ -50,22 +50,26 @@ def macs_per_image(variant: str, image_size: int) -> float:
 
 
 def measure(steps: dict, batch: int, warmup: int, repeats: int) -> list[Result]:
-    """Times each `(path, mode) -> step` function. The repeats are interleaved (one step of
-    each path in turn), so the paths share whatever the machine does meanwhile."""
-    first = {}
-    for key, step in steps.items():
-        start = time.perf_counter()
-        step()
-        first[key] = time.perf_counter() - start
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    rates = {key: [] for key in steps}
-    for _ in range(repeats):
-        for key, step in steps.items():
+    """Times each `(path, mode) -> step` function, one mode after the other. Within a mode the
+    repeats are interleaved (one step of each path in turn), so the paths share whatever the
+    machine does meanwhile; inference runs on weights that stay as they are, as in serving,
+    not on weights that a training step has just changed."""
+    first, rates = {}, {}
+    for mode in dict.fromkeys(mode for _, mode in steps):
+        group = {key: step for key, step in steps.items() if key[1] == mode}
+        for key, step in group.items():
             start = time.perf_counter()
             step()
-            rates[key].append(batch / (time.perf_counter() - start))
+            first[key] = time.perf_counter() - start
+            rates[key] = []
+        for _ in range(warmup):
+            for step in group.values():
+                step()
+        for _ in range(repeats):
+            for key, step in group.items():
+                start = time.perf_counter()
+                step()
+                rates[key].append(batch / (time.perf_counter() - start))
     memory = peak_memory_mb()
     return [
         Result(name, mode, statistics.median(r), min(r), max(r), first[(name, mode)], memory)

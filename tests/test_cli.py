@@ -491,6 +491,21 @@ def test_benchmark_steps_take_their_batch_on_the_device(monkeypatch):
     assert x.shape == (2, 32, 32, 3) and y.shape == (2, model.output_shape[-1])
 
 
+def test_benchmark_times_one_mode_after_the_other_and_alternates_paths():
+    """Inference is timed on weights no training step changes in between (a runtime that keeps
+    reordered weights would redo that work at every step), and within a mode the two paths take
+    turns, so both see the same machine."""
+    from keras_convmixer import benchmark
+
+    calls = []
+    keys = [("ours", "inference"), ("ours", "train"), ("timm", "inference"), ("timm", "train")]
+    steps = {key: (lambda key=key: calls.append(key)) for key in keys}
+    results = benchmark.measure(steps, batch=2, warmup=1, repeats=2)
+    inference, train = keys[0::2], keys[1::2]
+    assert calls == inference * 4 + train * 4  # first call, warm-up, two repeats
+    assert {(r.name, r.mode) for r in results} == set(keys)
+
+
 def test_benchmark_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = cli(
