@@ -36,7 +36,7 @@ All three take the activation that follows them. On PyTorch in inference on a CP
 applies it as it writes the convolution's output, with the weight reordered into oneDNN's
 layout once and kept until the variable changes (`_torch_conv2d`), and the block's residual
 is added into its BatchNorm's output (`add_residual`). ConvMixer-768/32 at batch 8, against
-timm's in the same process (2026-11-24): float32 inference 0.97× → 1.04-1.05×,
+timm's in the same process (2026-11-25): float32 inference 0.97× → 1.04-1.05×,
 `mixed_bfloat16` 0.96-0.97× → 0.98-1.00× (its weights go through Keras' autocast, so they
 are not kept reordered).
 
