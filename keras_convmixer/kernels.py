@@ -641,16 +641,16 @@ def _torch_conv2d(
     before, after = padding
     if before != after:
         x, before = functional.pad(x, (before, after, before, after)), 0
-    geometry = ([before] * 2, [stride] * 2, [1, 1], x.shape[1] if depthwise else 1)
+    groups = x.shape[1] if depthwise else 1
     bias = ops.cast(bias, x.dtype)
     fused = _onednn_activation(activation, x)
     if fused:
+        geometry = ([before] * 2, [stride] * 2, [1, 1], groups)
         weight = _onednn_weight(kernel, x, depthwise, geometry)
         out = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, *fused)
         return out.permute(0, 2, 3, 1)
     weight = _torch_weight(ops.cast(kernel, x.dtype), depthwise)
-    padding, strides, _, groups = geometry
-    out = functional.conv2d(x, weight, bias, strides, padding, groups=groups)
+    out = functional.conv2d(x, weight, bias, stride, before, groups=groups)
     return activation(out.permute(0, 2, 3, 1))
 
 
