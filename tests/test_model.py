@@ -489,6 +489,60 @@ def test_shift_depthwise_gradients_match_the_native_convolution(kernel_size, dat
         np.testing.assert_allclose(shift, native, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX's depthwise gradients are its own")
+@pytest.mark.parametrize("kernel_size", [3, 4, 7])
+def test_depthwise_gradients_match_the_backends_convolution(kernel_size):
+    """On TensorFlow and PyTorch in float32 on a CPU, the depthwise convolution's kernel
+    gradient is a convolution of its own (`kernels._tf_depthwise_conv`,
+    `kernels._torch_depthwise_conv`). Its output and gradients must be those of the backend's
+    own depthwise convolution, for odd and even kernels (padded 1 before, 2 after)."""
+    from keras_convmixer import kernels
+
+    rng = np.random.default_rng(9)
+    x, upstream = (rng.normal(size=(3, 9, 8, 12)).astype("float32") for _ in range(2))
+    kernel = rng.normal(size=(kernel_size, kernel_size, 12, 1)).astype("float32")
+    bias = rng.normal(size=12).astype("float32")
+
+    def ours(x, kernel, bias):
+        return kernels.depthwise_conv2d(x, kernel, bias, keras.activations.relu, impl="native")
+
+    if BACKEND == "torch":
+        import torch
+
+        before, after = kernels.same_padding(kernel_size)
+
+        def backends(x, kernel, bias):
+            x = torch.nn.functional.pad(x.permute(0, 3, 1, 2), (before, after, before, after))
+            out = torch.nn.functional.conv2d(x, kernel.permute(2, 3, 0, 1), bias, groups=12)
+            return torch.relu(out).permute(0, 2, 3, 1)
+
+        def gradients(convolve):
+            tensors = [torch.tensor(a, requires_grad=True) for a in (x, kernel, bias)]
+            with torch.enable_grad():
+                assert kernels._torch_depthwise_grad_applies(tensors[0])
+                out = convolve(*tensors)
+            (out * torch.tensor(upstream)).sum().backward()
+            return [t.detach().numpy() for t in (out, *(t.grad for t in tensors))]
+
+    else:
+        import tensorflow as tf
+
+        assert kernels._tf_depthwise_grad_applies(tf.constant(x))
+
+        def backends(x, kernel, bias):
+            return tf.nn.relu(tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME") + bias)
+
+        def gradients(convolve):
+            tensors = [tf.Variable(a) for a in (x, kernel, bias)]
+            with tf.GradientTape() as tape:
+                out = convolve(*tensors)
+                loss = tf.reduce_sum(out * upstream)
+            return [g.numpy() for g in (out, *tape.gradient(loss, tensors))]
+
+    for got, expected in zip(gradients(ours), gradients(backends), strict=True):
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="the fused inference half is JAX's")
 @pytest.mark.parametrize("channels, kernel_size", [(40, 5), (16, 4)])
 def test_fused_inference_half_gives_the_blocks_numbers_and_gradients(channels, kernel_size):
