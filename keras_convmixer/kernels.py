@@ -737,9 +737,12 @@ def _torch_depthwise_conv():
             batch, channels, height, width = x.shape
             grad_x = grad_weight = grad_bias = None
             if ctx.needs_input_grad[0]:
-                grad_x = torch.nn.grad.conv2d_input(
-                    x.shape, weight, grad, 1, ctx.padding, groups=channels
-                )
+                # With `x` itself (not `torch.nn.grad.conv2d_input`'s stand-in), the gradient
+                # keeps x's channels-last memory, which the sums it meets downstream expect.
+                geometry = ([1, 1], [ctx.padding] * 2, [1, 1], False, [0, 0], channels)
+                grad_x = torch.ops.aten.convolution_backward(
+                    grad, x, weight, None, *geometry, [True, False, False]
+                )[0]
             if ctx.needs_input_grad[1]:
                 planes = x.contiguous().view(1, batch * channels, height, width)
                 kernels = grad.contiguous().view(batch * channels, 1, *grad.shape[2:])
