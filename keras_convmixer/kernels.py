@@ -214,6 +214,11 @@ def _tf_has_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
+def _tf_kernels_on_cpu() -> bool:
+    """Whether TensorFlow runs its own CPU kernels here: outside XLA, with no GPU."""
+    return not _tf_in_xla() and not _tf_has_gpu()
+
+
 def _nchw_unsupported(data_format: str) -> bool:
     """Whether a channels-first convolution has to run as channels-last: on TensorFlow on a
     CPU outside XLA. TensorFlow runs NCHW convolutions on a CPU only through oneDNN, which it
@@ -221,7 +226,7 @@ def _nchw_unsupported(data_format: str) -> bool:
     the NHWC tensor format on the CPU")."""
     if data_format != "channels_first" or keras.backend.backend() != "tensorflow":
         return False
-    return not _tf_in_xla() and not _tf_has_gpu()
+    return _tf_kernels_on_cpu()
 
 
 def _channels_last(conv, x, *args, **kwargs):
@@ -502,7 +507,7 @@ def _tf_depthwise_grad_applies(x) -> bool:
     on a CPU, outside XLA."""
     if keras.backend.backend() != "tensorflow" or x.dtype.name != "float32":
         return False
-    return not _tf_in_xla() and not _tf_has_gpu()
+    return _tf_kernels_on_cpu()
 
 
 def _tf_depthwise_conv(x, kernel):

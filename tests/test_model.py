@@ -518,9 +518,8 @@ def test_depthwise_gradients_match_the_backends_convolution(kernel_size):
 
         def gradients(convolve):
             tensors = [torch.tensor(a, requires_grad=True) for a in (x, kernel, bias)]
-            with torch.enable_grad():
-                assert kernels._torch_depthwise_grad_applies(tensors[0])
-                out = convolve(*tensors)
+            assert kernels._torch_depthwise_grad_applies(tensors[0])
+            out = convolve(*tensors)
             grads = torch.autograd.grad((out * torch.tensor(upstream)).sum(), tensors)
             # Ours keeps the input's (channels-last) memory: a transposed gradient made every
             # later sum with it a strided copy (training step 8.2 against 6.4 s).
